@@ -1,0 +1,98 @@
+"""The interfaces the domain needs from the outside world.
+
+Backends (`server.providers`) implement `ImageBackend`; blob stores
+(`server.storage`) implement `BlobStore`. Both are plain protocols so the
+domain imports neither an SDK nor an implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from server.domain.catalogue import ModelSpec
+from server.domain.deadline import Deadline
+from server.domain.requests import Operation, Size
+
+
+@dataclass(frozen=True)
+class UpstreamCall:
+    """One call to a backend, after validation and fan-out.
+
+    `count` is how many images this call must produce (at most the model's
+    `images_per_call`). `size` is the size the caller asked for, or None for
+    an edit that keeps the input's proportions; the backend maps it to what
+    its upstream accepts. For edits, `images` are the input images and
+    `mask` is a grayscale PNG of the first image's size where white marks
+    the region to change (already converted from the OpenAI alpha form).
+    """
+
+    model: ModelSpec
+    prompt: str
+    size: Size | None
+    count: int
+    operation: Operation = Operation.GENERATE
+    images: tuple[bytes, ...] = ()
+    mask: bytes | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ProducedImage:
+    """Image bytes a backend got from its upstream.
+
+    The domain measures width and height from the bytes themselves, so the
+    size reported is always the size actually produced.
+    """
+
+    data: bytes
+    mime_type: str = "image/png"
+    revised_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class UpstreamResult:
+    """What one upstream call produced.
+
+    `filtered` counts images the upstream's safety filter withheld while it
+    returned the others; a call where everything was filtered raises
+    `ContentRejected` instead.
+    """
+
+    images: tuple[ProducedImage, ...]
+    filtered: int = 0
+
+
+class ImageBackend(Protocol):
+    """A provider backend: maps one `UpstreamCall` to its upstream and back.
+
+    Implementations raise only `ImageServiceError` subclasses, honour the
+    deadline (stop and raise `UpstreamTimeout` when it passes) and let
+    `asyncio.CancelledError` propagate so a cancelled RPC cancels the
+    upstream call.
+    """
+
+    async def run(self, call: UpstreamCall, deadline: Deadline) -> UpstreamResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Permanent storage for image bytes and generation records.
+
+    Keys are `/`-separated paths. `put` raises `StorageUnavailable` (marked
+    retryable) for failures worth retrying; any other exception is treated
+    as a permanent failure of that write.
+    """
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    async def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None if there is no such key."""
+        ...
+
+    def url_for(self, key: str) -> str:
+        """The URL a caller fetches the object from."""
+        ...
+
+    async def aclose(self) -> None: ...

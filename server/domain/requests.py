@@ -1,0 +1,90 @@
+"""What callers ask for: sizes, operations and the two request kinds."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+_SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+
+
+class Operation(enum.Enum):
+    """What a model can do; the edit operations plus plain generation."""
+
+    GENERATE = "generate"
+    PROMPT_EDIT = "prompt_edit"
+    INPAINT = "inpaint"
+    REMOVE_BACKGROUND = "remove_background"
+    UPSCALE = "upscale"
+
+
+class ResponseFormat(enum.Enum):
+    URL = "url"
+    INLINE = "inline"
+
+
+@dataclass(frozen=True, order=True)
+class Size:
+    """A size in pixels, written `WIDTHxHEIGHT` on the wire."""
+
+    width: int
+    height: int
+
+    @classmethod
+    def parse(cls, text: str) -> Size:
+        """Parse `1024x1024`; raises ValueError on anything else."""
+        match = _SIZE.match(text.strip().lower())
+        if not match:
+            raise ValueError(f"size must look like 1024x1024, got {text!r}")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def aspect(self) -> float:
+        return self.width / self.height
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+DEFAULT_SIZE = Size(1024, 1024)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """A text-to-image request as the caller sent it (not yet validated)."""
+
+    model: str
+    prompt: str
+    size: str = ""
+    n: int = 1
+    response_format: ResponseFormat = ResponseFormat.URL
+    request_id: str = ""
+    seed: int | None = None
+
+    @property
+    def operation(self) -> Operation:
+        return Operation.GENERATE
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """An edit request as the caller sent it (not yet validated)."""
+
+    model: str
+    prompt: str
+    images: tuple[bytes, ...]
+    mask: bytes | None = None
+    operation: Operation = Operation.PROMPT_EDIT
+    size: str = ""
+    n: int = 1
+    response_format: ResponseFormat = ResponseFormat.URL
+    request_id: str = ""
+    seed: int | None = None
+
+
+AnyRequest = GenerateRequest | EditRequest
