@@ -1,0 +1,142 @@
+"""Generation records and where they live.
+
+A record is stored as JSON in the same blob store as the images
+(`generations/<id>.json`), so `GetGeneration` works from any replica and
+after any restart without a database. `request_id` idempotency uses the
+same store: `request-ids/<sha256 of id>.json` points at the generation.
+Records keep image *keys*; URLs are derived when read, so a change of
+public base URL (or presigned mode) applies to old records too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from server.domain.deadline import Deadline
+from server.domain.ports import BlobStore
+from server.domain.requests import Operation
+from server.domain.retry import RetryPolicy
+
+_JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class DeliveredImage:
+    """An image as the caller receives it."""
+
+    index: int
+    mime_type: str
+    width: int
+    height: int
+    key: str = ""
+    url: str = ""
+    revised_prompt: str = ""
+    # False when storage kept failing: the bytes are then in `data`.
+    stored: bool = True
+    data: bytes | None = field(default=None, repr=False)
+
+    def without_data(self) -> DeliveredImage:
+        return replace(self, data=None)
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    """Why `image_count` requested images are missing from a generation."""
+
+    image_count: int
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    """The permanent record of one generation or edit."""
+
+    generation_id: str
+    model: str
+    operation: Operation
+    prompt: str
+    size: str
+    n: int
+    created: int
+    images: tuple[DeliveredImage, ...]
+    cost: Decimal
+    latency_ms: int
+    request_id: str = ""
+    filtered_count: int = 0
+    failures: tuple[ImageFailure, ...] = ()
+    # Hash of what was asked, to tell a retry from a reused request_id.
+    fingerprint: str = ""
+
+    def to_json(self) -> bytes:
+        body: dict[str, Any] = asdict(self)
+        body["operation"] = self.operation.value
+        body["cost"] = str(self.cost)
+        body["images"] = [
+            {k: v for k, v in asdict(image).items() if k not in ("data", "url")}
+            for image in self.images
+        ]
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> GenerationRecord:
+        body = json.loads(raw)
+        body["operation"] = Operation(body["operation"])
+        body["cost"] = Decimal(body["cost"])
+        body["images"] = tuple(DeliveredImage(**image) for image in body["images"])
+        body["failures"] = tuple(ImageFailure(**f) for f in body.get("failures", []))
+        return cls(**body)
+
+
+def format_cost(cost: Decimal) -> str:
+    """USD with 8 places, as the public API shows it (`0.05000000`)."""
+    return f"{cost.quantize(Decimal('0.00000001'))}"
+
+
+class RecordStore:
+    """Saves and finds generation records in a `BlobStore`."""
+
+    def __init__(self, store: BlobStore, retry: RetryPolicy) -> None:
+        self._store = store
+        self._retry = retry
+
+    @staticmethod
+    def _record_key(generation_id: str) -> str:
+        return f"generations/{generation_id}.json"
+
+    @staticmethod
+    def _request_key(request_id: str) -> str:
+        digest = hashlib.sha256(request_id.encode()).hexdigest()
+        return f"request-ids/{digest}.json"
+
+    async def save(self, record: GenerationRecord, deadline: Deadline) -> None:
+        """Write the record (and its request-id index) with retries."""
+        key = self._record_key(record.generation_id)
+        await self._retry.run(lambda: self._store.put(key, record.to_json(), _JSON), deadline)
+        if record.request_id:
+            pointer = json.dumps({"generation_id": record.generation_id}).encode()
+            request_key = self._request_key(record.request_id)
+            await self._retry.run(lambda: self._store.put(request_key, pointer, _JSON), deadline)
+
+    async def get(self, generation_id: str) -> GenerationRecord | None:
+        raw = await self._store.get(self._record_key(generation_id))
+        if raw is None:
+            return None
+        return self._with_urls(GenerationRecord.from_json(raw))
+
+    async def find_by_request_id(self, request_id: str) -> GenerationRecord | None:
+        raw = await self._store.get(self._request_key(request_id))
+        if raw is None:
+            return None
+        return await self.get(json.loads(raw)["generation_id"])
+
+    def _with_urls(self, record: GenerationRecord) -> GenerationRecord:
+        images = tuple(
+            replace(image, url=self._store.url_for(image.key)) if image.stored else image
+            for image in record.images
+        )
+        return replace(record, images=images)

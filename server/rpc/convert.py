@@ -1,0 +1,121 @@
+"""Pure conversions between the generated protobuf types and the domain."""
+
+from __future__ import annotations
+
+from chuizi.image.v1 import image_service_pb2 as pb
+
+from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.orchestrator import ModelListing
+from server.domain.records import DeliveredImage, GenerationRecord, format_cost
+from server.domain.requests import EditRequest, GenerateRequest, Operation, ResponseFormat
+
+_OPERATION_TO_PB = {
+    Operation.GENERATE: pb.OPERATION_GENERATE,
+    Operation.PROMPT_EDIT: pb.OPERATION_PROMPT_EDIT,
+    Operation.INPAINT: pb.OPERATION_INPAINT,
+    Operation.REMOVE_BACKGROUND: pb.OPERATION_REMOVE_BACKGROUND,
+    Operation.UPSCALE: pb.OPERATION_UPSCALE,
+}
+_EDIT_OPERATIONS: dict[int, Operation] = {
+    pb.OPERATION_UNSPECIFIED: Operation.PROMPT_EDIT,
+    pb.OPERATION_PROMPT_EDIT: Operation.PROMPT_EDIT,
+    pb.OPERATION_INPAINT: Operation.INPAINT,
+    pb.OPERATION_REMOVE_BACKGROUND: Operation.REMOVE_BACKGROUND,
+    pb.OPERATION_UPSCALE: Operation.UPSCALE,
+}
+_RESPONSE_FORMATS: dict[int, ResponseFormat] = {
+    pb.RESPONSE_FORMAT_UNSPECIFIED: ResponseFormat.URL,
+    pb.RESPONSE_FORMAT_URL: ResponseFormat.URL,
+    pb.RESPONSE_FORMAT_INLINE: ResponseFormat.INLINE,
+}
+
+
+def _response_format(value: int) -> ResponseFormat:
+    try:
+        return _RESPONSE_FORMATS[value]
+    except KeyError:
+        raise InvalidArgument(
+            [FieldViolation("response_format", f"unknown value {value}")]
+        ) from None
+
+
+def generate_request(request: pb.GenerateRequest) -> GenerateRequest:
+    return GenerateRequest(
+        model=request.model,
+        prompt=request.prompt,
+        size=request.size,
+        n=request.n,
+        response_format=_response_format(request.response_format),
+        request_id=request.request_id,
+        seed=request.seed if request.HasField("seed") else None,
+    )
+
+
+def edit_request(request: pb.EditRequest) -> EditRequest:
+    operation = _EDIT_OPERATIONS.get(request.operation)
+    if operation is None:
+        raise InvalidArgument(
+            [FieldViolation("operation", "must be an edit operation, not generate")]
+        )
+    return EditRequest(
+        model=request.model,
+        prompt=request.prompt,
+        images=tuple(request.images),
+        mask=request.mask or None,
+        operation=operation,
+        size=request.size,
+        n=request.n,
+        response_format=_response_format(request.response_format),
+        request_id=request.request_id,
+        seed=request.seed if request.HasField("seed") else None,
+    )
+
+
+def image(image: DeliveredImage) -> pb.Image:
+    return pb.Image(
+        index=image.index,
+        url=image.url,
+        data=image.data or b"",
+        mime_type=image.mime_type,
+        width=image.width,
+        height=image.height,
+        revised_prompt=image.revised_prompt,
+        stored=image.stored,
+    )
+
+
+def generation(record: GenerationRecord) -> pb.Generation:
+    return pb.Generation(
+        generation_id=record.generation_id,
+        model=record.model,
+        operation=_OPERATION_TO_PB[record.operation],
+        prompt=record.prompt,
+        size=record.size,
+        n=record.n,
+        created=record.created,
+        images=[image(i) for i in record.images],
+        cost=format_cost(record.cost),
+        latency_ms=record.latency_ms,
+        request_id=record.request_id,
+        filtered_count=record.filtered_count,
+        failures=[
+            pb.ImageFailure(image_count=f.image_count, reason=f.reason, message=f.message)
+            for f in record.failures
+        ],
+    )
+
+
+def model(listing: ModelListing) -> pb.Model:
+    spec = listing.spec
+    return pb.Model(
+        name=spec.name,
+        provider=spec.provider,
+        max_size=str(spec.max_size),
+        sizes=[str(s) for s in spec.sizes],
+        images_per_call=spec.images_per_call,
+        max_images_per_request=spec.max_images_per_request,
+        operations=sorted(_OPERATION_TO_PB[op] for op in spec.operations),
+        price_per_image=format_cost(spec.price_per_image),
+        configured=listing.configured,
+        description=spec.description,
+    )

@@ -1,0 +1,91 @@
+"""The error table: domain error -> gRPC code + google.rpc.Status details.
+
+One table, one place. Every status carries an `ErrorInfo` (stable reason,
+domain, metadata); invalid input adds `BadRequest` field violations; an
+upstream that said when to retry adds `RetryInfo`. Messages are the domain
+errors' short, safe messages; unexpected exceptions become INTERNAL with a
+fixed message (details go to the log only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from server.domain import errors
+
+ERROR_DOMAIN = "image.chuizi.ai"
+
+# Most specific classes first: the first isinstance match wins.
+ERROR_TABLE: tuple[tuple[type[errors.ImageServiceError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.ContentRejected, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.GenerationNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.RequestIdConflict, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.BackendNotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.UpstreamAuthFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.UpstreamUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.UpstreamTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.ImageServiceError, grpc.StatusCode.INTERNAL),
+)
+
+INTERNAL_MESSAGE = "Internal error."
+
+
+def code_for(error: errors.ImageServiceError) -> grpc.StatusCode:
+    for cls, code in ERROR_TABLE:
+        if isinstance(error, cls):
+            return code
+    return grpc.StatusCode.INTERNAL  # pragma: no cover - the base class is in the table
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def to_status(error: errors.ImageServiceError) -> grpc.Status:
+    """The `grpc.Status` (code, message, details trailer) for `error`."""
+    code = code_for(error)
+    details = [
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+            )
+        )
+    ]
+    if isinstance(error, errors.InvalidArgument):
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
+    if error.retry_after is not None:
+        seconds = max(0.0, error.retry_after)
+        delay = duration_pb2.Duration(
+            seconds=math.floor(seconds), nanos=int((seconds % 1) * 1_000_000_000)
+        )
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=error.message, details=details
+    )
+    return rpc_status.to_status(status)
+
+
+def internal_status() -> grpc.Status:
+    return to_status(errors.ImageServiceError(INTERNAL_MESSAGE))

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from server.domain.deadline import Deadline
+from server.domain.errors import ContentRejected, RateLimited, UpstreamUnavailable
+from server.domain.retry import RetryPolicy
+
+
+class Flaky:
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = errors
+        self.attempts = 0
+
+    async def __call__(self) -> str:
+        self.attempts += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+async def test_retries_retryable_errors_then_succeeds() -> None:
+    flaky = Flaky([UpstreamUnavailable("x"), RateLimited("y")])
+    policy = RetryPolicy(attempts=3, base_delay=0.001)
+    assert await policy.run(flaky, Deadline.none()) == "ok"
+    assert flaky.attempts == 3
+
+
+async def test_never_retries_safety_refusals() -> None:
+    flaky = Flaky([ContentRejected("no")])
+    with pytest.raises(ContentRejected):
+        await RetryPolicy(attempts=5, base_delay=0.001).run(flaky, Deadline.none())
+    assert flaky.attempts == 1
+
+
+async def test_honours_retry_after() -> None:
+    flaky = Flaky([RateLimited("y", retry_after=0.3)])
+    started = time.monotonic()
+    await RetryPolicy(attempts=2, base_delay=0.001).run(flaky, Deadline.none())
+    assert time.monotonic() - started >= 0.3
+
+
+async def test_gives_up_with_the_real_error_when_the_wait_would_pass_the_deadline() -> None:
+    flaky = Flaky([RateLimited("y", retry_after=30)])
+    started = time.monotonic()
+    with pytest.raises(RateLimited) as caught:
+        await RetryPolicy(attempts=5).run(flaky, Deadline.after(1))
+    assert caught.value.retry_after == 30
+    assert time.monotonic() - started < 0.5
+
+
+async def test_stops_after_the_last_attempt() -> None:
+    flaky = Flaky([UpstreamUnavailable(str(i)) for i in range(5)])
+    with pytest.raises(UpstreamUnavailable):
+        await RetryPolicy(attempts=3, base_delay=0.001).run(flaky, Deadline.none())
+    assert flaky.attempts == 3
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    policy = RetryPolicy(base_delay=1, max_delay=4)
+    delays = [policy.backoff(10) for _ in range(200)]
+    assert max(delays) <= 4 and min(delays) >= 0 and len(set(delays)) > 100
