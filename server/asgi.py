@@ -2,23 +2,31 @@
 
 Used for the local media server, the REST sidecar and the sandbox
 emulators, so that one process (and one test) can host several of them on
-ephemeral ports. Signal handling stays with the caller.
+ephemeral ports. The listening socket is bound before uvicorn starts, so
+port 0 works and the real port is known as soon as `start()` returns.
+Signal handling stays with the host process (the gRPC drain comes first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Generator
 
 import uvicorn
 from starlette.types import ASGIApp
 
+# Longer than clients' idle pool timeouts, so the server never closes a
+# pooled connection under a client between requests (which would make every
+# idle gap cost a retry).
+_KEEP_ALIVE_S = 75
+_STOP_TIMEOUT_S = 5.0
+
 
 class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        # The host process owns SIGTERM/SIGINT (graceful gRPC drain first).
         yield
 
 
@@ -26,31 +34,60 @@ class AsgiServer:
     """An ASGI app served by uvicorn on `host:port` (port 0 picks one)."""
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
-        config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
-        )
-        self._server = _EmbeddedServer(config)
-        self._task: asyncio.Task[None] | None = None
+        self._app = app
         self.host = host
         self.port = port
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
+        """Bind, start serving and return once requests are accepted."""
+        if self._task is not None:
+            raise RuntimeError("already started")
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.create_server((self.host, self.port), family=family)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app,
+            lifespan="off",
+            ws="none",
+            # No log_config/log_level/access_log here: each of those
+            # reconfigures uvicorn's loggers for the whole process.
+            log_config=None,
+            server_header=False,
+            timeout_keep_alive=_KEEP_ALIVE_S,
+            timeout_graceful_shutdown=1,
+        )
+        server = _EmbeddedServer(config)
+        self._server = server
+        self._task = asyncio.create_task(self._serve(server, sock))
+        while not server.started:
             if self._task.done():
                 self._task.result()  # re-raise why it could not start
                 raise OSError(f"could not serve on {self.host}:{self.port}")
             await asyncio.sleep(0.01)
-        sockets = self._server.servers[0].sockets
-        self.port = sockets[0].getsockname()[1]
+
+    @staticmethod
+    async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            sock.close()
 
     async def stop(self) -> None:
-        if self._task is None:
+        """Stop serving; open connections get a moment to finish."""
+        if self._task is None or self._server is None:
             return
         self._server.should_exit = True
-        await self._task
-        self._task = None
+        task, self._task, self._server = self._task, None, None
+        try:
+            await asyncio.wait_for(asyncio.shield(task), _STOP_TIMEOUT_S)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -20,7 +20,11 @@ MIB = 1024 * 1024
 class Settings(BaseSettings):
     """All settings of the service; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix="IMAGE_SERVICE_", extra="ignore")
+    # hide_input_in_errors: a failed check would otherwise print every
+    # setting it was given, secrets included, in the startup error.
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGE_SERVICE_", extra="ignore", hide_input_in_errors=True
+    )
 
     # --- gRPC server -------------------------------------------------------
     grpc_host: str = "0.0.0.0"
@@ -40,12 +44,45 @@ class Settings(BaseSettings):
     reflection: bool = True
     log_level: str = "INFO"
 
+    # --- REST sidecar (OpenAI-compatible /v1/images/*) ----------------------
+    rest_host: str = "0.0.0.0"
+    rest_port: int = 8080
+    # The gRPC service the sidecar calls, as host:port.
+    rest_upstream: str = "127.0.0.1:50051"
+    # Deadline of each upstream call. Image models take minutes (FLUX.2 pro
+    # up to two per image), so this is minutes too, not an HTTP-ish 30 s.
+    rest_upstream_timeout_s: float = Field(default=600.0, gt=0)
+    # Largest /v1/images/edits body (all images and the mask together); it
+    # must leave room in one gRPC message (max_message_bytes).
+    rest_max_upload_bytes: int = Field(default=50 * MIB, ge=1)
+
     # --- storage -----------------------------------------------------------
     storage: Literal["local", "r2"] = "local"
     local_storage_dir: Path = Path("data/media")
     # URL prefix under which the local directory is served over HTTP.
     local_public_base_url: str = "http://127.0.0.1:8080/media"
     storage_attempts: int = Field(default=4, ge=1)
+
+    # --- Cloudflare R2 (S3 API), when storage = "r2" ------------------------
+    # https://<account id>.r2.cloudflarestorage.com
+    r2_endpoint_url: str = ""
+    r2_bucket: str = ""
+    r2_access_key_id: SecretStr | None = None
+    r2_secret_access_key: SecretStr | None = None
+    # The CDN domain returned URLs start with (the bucket's custom domain),
+    # e.g. https://img.example.com; the object key is appended after a "/".
+    r2_public_base_url: str = ""
+    # R2 accepts "auto"; other S3-compatible stores want their real region.
+    r2_region: str = "auto"
+    # > 0: private-bucket mode. URLs are presigned GETs valid this many
+    # seconds (SigV4 allows at most 7 days) instead of public CDN links.
+    r2_presign_ttl_s: int = Field(default=0, ge=0, le=7 * 24 * 3600)
+    # Connections to R2, and threads running boto3 calls (one per connection,
+    # so concurrent uploads queue instead of exhausting the pool).
+    r2_max_connections: int = Field(default=32, ge=1, le=512)
+    r2_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Per socket read; bounds one attempt at a hung upload or download.
+    r2_read_timeout_s: float = Field(default=30.0, gt=0)
 
     # --- upstream retries --------------------------------------------------
     upstream_attempts: int = Field(default=4, ge=1)
@@ -59,3 +96,40 @@ class Settings(BaseSettings):
     azure_flux_api_version: str = "preview"
     # FLUX.2 pro takes 30-120 s per image.
     azure_flux_timeout_s: float = 180.0
+
+    @model_validator(mode="after")
+    def _r2_settings_complete(self) -> Settings:
+        """With storage = "r2", refuse to start without what R2 needs.
+
+        Checked here, at startup, so a missing variable is named at once
+        instead of surfacing as every upload failing (and every image coming
+        back inline) in production.
+        """
+        if self.storage != "r2":
+            return self
+        required = {
+            "IMAGE_SERVICE_R2_ENDPOINT_URL": self.r2_endpoint_url.strip(),
+            "IMAGE_SERVICE_R2_BUCKET": self.r2_bucket.strip(),
+            "IMAGE_SERVICE_R2_ACCESS_KEY_ID": _secret_set(self.r2_access_key_id),
+            "IMAGE_SERVICE_R2_SECRET_ACCESS_KEY": _secret_set(self.r2_secret_access_key),
+        }
+        if self.r2_presign_ttl_s == 0:
+            # Private-bucket mode presigns URLs; otherwise they are the CDN's.
+            required["IMAGE_SERVICE_R2_PUBLIC_BASE_URL"] = self.r2_public_base_url.strip()
+        missing = [name for name, value in required.items() if not value]
+        if missing:
+            hint = ""
+            if "IMAGE_SERVICE_R2_PUBLIC_BASE_URL" in missing:
+                hint = " (or IMAGE_SERVICE_R2_PRESIGN_TTL_S > 0 for a private bucket)"
+            raise ValueError(f"IMAGE_SERVICE_STORAGE=r2 needs {', '.join(missing)} set{hint}.")
+        for name, url in (
+            ("IMAGE_SERVICE_R2_ENDPOINT_URL", self.r2_endpoint_url),
+            ("IMAGE_SERVICE_R2_PUBLIC_BASE_URL", self.r2_public_base_url),
+        ):
+            if url and not url.startswith(("https://", "http://")):
+                raise ValueError(f"{name} must start with https:// (or http://).")
+        return self
+
+
+def _secret_set(secret: SecretStr | None) -> str:
+    return secret.get_secret_value().strip() if secret is not None else ""

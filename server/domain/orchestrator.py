@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -27,8 +28,10 @@ from server.domain.deadline import Deadline
 from server.domain.errors import (
     BackendNotConfigured,
     ContentRejected,
+    FieldViolation,
     GenerationNotFound,
     ImageServiceError,
+    InvalidArgument,
     RequestIdConflict,
 )
 from server.domain.imaging import EXTENSION_BY_MIME, inspect
@@ -38,6 +41,7 @@ from server.domain.records import (
     GenerationRecord,
     ImageFailure,
     RecordStore,
+    put_within,
 )
 from server.domain.requests import AnyRequest, EditRequest, ResponseFormat
 from server.domain.retry import RetryPolicy
@@ -98,6 +102,9 @@ class Backends:
             await backend.aclose()
 
 
+GENERATION_ID = re.compile(r"gen-[0-9a-f]{16}")
+
+
 def new_generation_id() -> str:
     """`gen-` followed by 16 random hex characters."""
     return "gen-" + secrets.token_hex(8)
@@ -139,7 +146,11 @@ class Orchestrator:
         ]
 
     async def get_generation(self, generation_id: str) -> GenerationRecord:
-        record = await self._records.get(generation_id) if generation_id.strip() else None
+        if not GENERATION_ID.fullmatch(generation_id):
+            raise InvalidArgument(
+                [FieldViolation("generation_id", "must look like gen-0123456789abcdef")]
+            )
+        record = await self._records.get(generation_id)
         if record is None:
             raise GenerationNotFound(
                 f"No generation {generation_id!r}.", metadata={"generation_id": generation_id}
@@ -178,7 +189,7 @@ class Orchestrator:
                     yield event
             return
         async with self._request_lock(request.request_id):
-            previous = await self._records.find_by_request_id(request.request_id)
+            previous = await self._records.find_by_request_id(request.request_id, deadline)
             if previous is None:
                 events = self._generate(request, valid, backend, deadline, fingerprint)
             elif previous.fingerprint != fingerprint:
@@ -223,6 +234,7 @@ class Orchestrator:
     ) -> AsyncGenerator[StreamEvent, None]:
         generation_id = new_generation_id()
         started = time.monotonic()
+        storage_deadline = _storage_deadline(deadline)
         queue: asyncio.Queue[DeliveredImage | _CallOutcome] = asyncio.Queue()
         calls = _plan_calls(valid, request.seed)
         tasks = [
@@ -274,7 +286,7 @@ class Orchestrator:
             fingerprint=fingerprint,
         )
         try:
-            await self._records.save(record, deadline)
+            await self._records.save(record, storage_deadline)
         except Exception:
             # The caller still gets every image; only GetGeneration and
             # request_id replay will not find this one.
@@ -292,6 +304,8 @@ class Orchestrator:
         queue: asyncio.Queue[DeliveredImage | _CallOutcome],
     ) -> None:
         outcome = _CallOutcome(missing=call.count)
+        # Computed now, at the start of the generation, like `_generate`'s.
+        storage_deadline = _storage_deadline(deadline)
         try:
             result = await backend.run(call, deadline)
             produced = result.images[: call.count]
@@ -300,7 +314,7 @@ class Orchestrator:
 
             async def store_and_send(index: int, image: ProducedImage) -> None:
                 delivered = await self._store_image(
-                    generation_id, index, image, response_format, deadline
+                    generation_id, index, image, response_format, storage_deadline
                 )
                 await queue.put(delivered)
 
@@ -320,7 +334,7 @@ class Orchestrator:
         index: int,
         image: ProducedImage,
         response_format: ResponseFormat,
-        deadline: Deadline,
+        storage_deadline: Deadline,
     ) -> DeliveredImage:
         try:
             info = inspect(image.data)
@@ -330,15 +344,21 @@ class Orchestrator:
             mime, width, height = image.mime_type, 0, 0
         key = f"images/{generation_id}-{index}.{EXTENSION_BY_MIME.get(mime, 'bin')}"
         try:
-            await self._storage_retry.run(lambda: self._store.put(key, image.data, mime), deadline)
+            await self._storage_retry.run(
+                lambda: put_within(self._store, key, image.data, mime, storage_deadline),
+                storage_deadline,
+            )
             stored = True
         except Exception as error:
-            # Never drop a paid image: hand it over inline instead.
+            # Never drop a paid image: hand it over inline instead. Domain
+            # error messages are safe to log; others only by class name.
             log.error(
                 "storing %s image %d failed (%s); returning it inline",
                 generation_id,
                 index,
-                type(error).__name__,
+                f"{error.reason}: {error.message}"
+                if isinstance(error, ImageServiceError)
+                else type(error).__name__,
             )
             stored = False
         inline = response_format is ResponseFormat.INLINE or not stored
@@ -353,6 +373,21 @@ class Orchestrator:
             stored=stored,
             data=image.data if inline else None,
         )
+
+
+# Part of the caller's deadline that storage may not use, so that when
+# uploads hang (not just fail) the paid images still go back inline before
+# the caller gives up, instead of the RPC ending in DEADLINE_EXCEEDED.
+_INLINE_RESERVE_FRACTION = 0.1
+_INLINE_RESERVE_MAX_S = 5.0
+
+
+def _storage_deadline(deadline: Deadline) -> Deadline:
+    """When uploads and the record write must be done: `deadline` minus the reserve."""
+    remaining = deadline.remaining()
+    if deadline.at is None or remaining is None:
+        return deadline
+    return Deadline(deadline.at - min(_INLINE_RESERVE_MAX_S, remaining * _INLINE_RESERVE_FRACTION))
 
 
 def _plan_calls(valid: ValidRequest, seed: int | None) -> list[tuple[int, UpstreamCall]]:

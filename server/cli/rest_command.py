@@ -1,0 +1,74 @@
+"""`image-service rest`: run the OpenAI-compatible REST sidecar.
+
+    image-service rest --upstream 127.0.0.1:50051 --port 8080 [--host 0.0.0.0]
+
+Serves `/v1/images/*`, `/v1/models`, `/v1/generations/{id}`, `/healthz` and
+`/readyz` on uvicorn, calling the gRPC service at `--upstream`, until
+SIGTERM or SIGINT. Unset flags come from `IMAGE_SERVICE_REST_*`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `rest` command."""
+    rest = subparsers.add_parser(
+        "rest", help="run the OpenAI-compatible REST sidecar in front of a gRPC service"
+    )
+    rest.add_argument(
+        "--upstream", help="gRPC service as host:port (default: IMAGE_SERVICE_REST_UPSTREAM)"
+    )
+    rest.add_argument("--port", type=int, help="HTTP port (default: IMAGE_SERVICE_REST_PORT)")
+    rest.add_argument("--host", help="bind address (default: IMAGE_SERVICE_REST_HOST)")
+    rest.set_defaults(func=run_rest)
+
+
+async def run_rest(args: argparse.Namespace) -> int:
+    """Serve the sidecar until SIGTERM/SIGINT; returns the exit code."""
+    from server.asgi import AsgiServer
+    from server.rest import create_app, open_channel
+    from server.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    for flag, field in (("upstream", "rest_upstream"), ("port", "rest_port"), ("host", "rest_host")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[field] = value
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    channel = open_channel(settings)
+    server = AsgiServer(create_app(channel, settings), settings.rest_host, settings.rest_port)
+    await server.start()
+    print(
+        f"image-service REST sidecar on {server.base_url} -> gRPC {settings.rest_upstream}",
+        flush=True,
+    )
+    try:
+        await _until_signalled()
+    finally:
+        # In-flight requests finish (uvicorn drains) before the channel closes.
+        await server.stop()
+        await channel.close()
+    return 0
+
+
+async def _until_signalled() -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,140 @@
+"""Server-side commands: `serve`, `sandbox` and `dev`.
+
+Heavy modules (the app, SDK-backed providers) are imported inside the
+handlers so that client commands stay quick to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `serve`, `sandbox` and `dev` commands."""
+    serve = subparsers.add_parser(
+        "serve", help="run the gRPC server (configured from IMAGE_SERVICE_* variables)"
+    )
+    serve.add_argument("--host", help="bind address (default: IMAGE_SERVICE_GRPC_HOST)")
+    serve.add_argument("--port", type=int, help="gRPC port (default: IMAGE_SERVICE_GRPC_PORT)")
+    serve.set_defaults(func=_serve)
+
+    sandbox = subparsers.add_parser("sandbox", help="run only the provider emulators")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8090)
+    sandbox.set_defaults(func=_sandbox)
+
+    dev = subparsers.add_parser(
+        "dev",
+        help="gRPC server + REST sidecar + local media + emulators, no credentials needed",
+    )
+    dev.add_argument("--grpc-port", type=int, default=50051)
+    dev.add_argument("--http-port", type=int, default=8080)
+    dev.add_argument("--sandbox-port", type=int, default=0, help="emulators' port (0: any)")
+    dev.set_defaults(func=_dev)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+async def _until_signalled(stop: Callable[[], Awaitable[None]]) -> int:
+    """Block until SIGTERM or SIGINT, then run `stop` (the graceful drain)."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    await stop()
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from server.app import create_grpc_service
+    from server.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["grpc_host"] = args.host
+    if args.port is not None:
+        overrides["grpc_port"] = args.port
+    settings = Settings(**overrides)
+    _configure_logging(settings.log_level)
+    service = await create_grpc_service(settings)
+    await service.start()
+    print(f"image-service serving gRPC on {settings.grpc_host}:{service.port}", flush=True)
+    return await _until_signalled(service.stop)
+
+
+async def _sandbox(args: argparse.Namespace) -> int:
+    from server.sandbox.server import SandboxServer
+
+    _configure_logging("INFO")
+    sandbox = SandboxServer(args.host, args.port)
+    await sandbox.start()
+    print(f"sandbox emulators on {sandbox.base_url}", flush=True)
+    for name, value in sandbox.settings_overrides().items():
+        shown = "<sandbox key>" if "key" in name else value
+        print(f"  IMAGE_SERVICE_{name.upper()}={shown}", flush=True)
+    return await _until_signalled(sandbox.stop)
+
+
+async def _dev(args: argparse.Namespace) -> int:
+    from starlette.applications import Starlette
+
+    from server.app import create_grpc_service
+    from server.asgi import AsgiServer
+    from server.sandbox.server import SandboxServer
+    from server.settings import Settings
+    from server.storage.media_http import media_mount
+
+    base = Settings()
+    _configure_logging(base.log_level)
+    sandbox = SandboxServer("127.0.0.1", args.sandbox_port)
+    await sandbox.start()
+    http_app = Starlette(routes=[media_mount(base.local_storage_dir)])
+    http = AsgiServer(http_app, "127.0.0.1", args.http_port)
+    await http.start()
+    settings = Settings(
+        **{
+            **sandbox.settings_overrides(),
+            "grpc_host": "127.0.0.1",
+            "grpc_port": args.grpc_port,
+            "local_public_base_url": f"{http.base_url}/media",
+        }
+    )
+    service = await create_grpc_service(settings)
+    await service.start()
+    http_app.router.routes.extend(_rest_routes(f"127.0.0.1:{service.port}", settings))
+    print(
+        f"image-service dev ready: grpc=127.0.0.1:{service.port} "
+        f"http={http.base_url} (REST /v1, media /media) emulators={sandbox.base_url}",
+        flush=True,
+    )
+
+    async def stop() -> None:
+        await service.stop()
+        await http.stop()
+        await sandbox.stop()
+
+    return await _until_signalled(stop)
+
+
+def _rest_routes(upstream: str, settings: Any) -> list[Any]:
+    """The REST sidecar's routes, when the sidecar is part of this build."""
+    try:
+        from server.rest.app import rest_routes
+    except ImportError:
+        return []
+    routes: list[Any] = rest_routes(upstream, settings)
+    return routes

@@ -1,0 +1,151 @@
+"""Placeholder images for the sandbox emulators.
+
+`render_image` draws a picture of exactly the produced size that shows the
+prompt, so a demo (or a person looking at a stored object) can tell which
+request made which image. `noise_png` makes incompressible images for
+benchmarks, where a flat placeholder would compress to almost nothing and
+hide transfer and storage costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from functools import lru_cache
+from typing import Literal
+
+from PIL import Image, ImageDraw, ImageFont
+
+ImageFormat = Literal["png", "jpeg"]
+
+# Encoding speed matters more than size here: a 2048x2048 placeholder must
+# not hold up a test, and the flat background compresses well anyway.
+_PNG_COMPRESS_LEVEL = 1
+_JPEG_QUALITY = 85
+
+
+@lru_cache(maxsize=32)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _colours(text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """A background derived from the text, and a readable ink for it."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    # Mid-range channels keep every background far from both inks.
+    background = (48 + digest[0] % 160, 48 + digest[1] % 160, 48 + digest[2] % 160)
+    luminance = 0.299 * background[0] + 0.587 * background[1] + 0.114 * background[2]
+    ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
+    return background, ink
+
+
+def _wrap(
+    text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max_width: float
+) -> list[str]:
+    """Greedy word wrap by rendered width; words wider than a line are split."""
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}" if line else word
+            if font.getlength(candidate) <= max_width:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            while font.getlength(word) > max_width and len(word) > 1:
+                cut = len(word) - 1
+                while cut > 1 and font.getlength(word[:cut]) > max_width:
+                    cut -= 1
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
+        lines.append(line)
+    return lines
+
+
+def _fit(lines: list[str], max_lines: int) -> list[str]:
+    if len(lines) <= max_lines:
+        return lines
+    kept = lines[: max(1, max_lines)]
+    kept[-1] = kept[-1].rstrip() + " …"
+    return kept
+
+
+def render_image(
+    width: int,
+    height: int,
+    text: str,
+    *,
+    label: str = "",
+    image_format: ImageFormat = "png",
+) -> bytes:
+    """Encode a `width` x `height` image showing `text` wrapped to fit.
+
+    The background colour is a hash of `text`; `label` (for example the
+    model and size) is drawn smaller along the bottom edge.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    background, ink = _colours(text)
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+
+    short_side = min(width, height)
+    margin = max(4, short_side // 24)
+    # A frame one margin in makes the image's real extent visible.
+    draw.rectangle(
+        (margin // 2, margin // 2, width - 1 - margin // 2, height - 1 - margin // 2),
+        outline=ink,
+        width=max(1, short_side // 256),
+    )
+
+    label_size = max(8, short_side // 40)
+    label_height = int(label_size * 1.6) if label else 0
+    if label:
+        draw.text(
+            (margin * 1.5, height - margin * 1.5 - label_height),
+            label,
+            fill=ink,
+            font=_font(label_size),
+        )
+
+    text_size = max(10, short_side // 16)
+    text_font = _font(text_size)
+    line_height = int(text_size * 1.25)
+    usable_height = height - 3 * margin - label_height
+    max_lines = max(1, usable_height // line_height)
+    lines = _fit(_wrap(text, text_font, width - 3 * margin), max_lines)
+    y = margin * 1.5
+    for line in lines:
+        draw.text((margin * 1.5, y), line, fill=ink, font=text_font)
+        y += line_height
+
+    out = io.BytesIO()
+    if image_format == "jpeg":
+        image.save(out, format="JPEG", quality=_JPEG_QUALITY)
+    else:
+        image.save(out, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+    return out.getvalue()
+
+
+def render_png(width: int, height: int, text: str, *, label: str = "") -> bytes:
+    """`render_image` as PNG."""
+    return render_image(width, height, text, label=label, image_format="png")
+
+
+def noise_png(width: int, height: int, seed: int) -> bytes:
+    """An RGB PNG of random noise, the same for the same `seed`.
+
+    Noise does not compress, so the PNG is about `width * height * 3` bytes:
+    the worst case for transfer and storage benchmarks.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    pixels = random.Random(seed).randbytes(width * height * 3)
+    image = Image.frombytes("RGB", (width, height), pixels)
+    out = io.BytesIO()
+    # Deflate cannot shrink noise, so do not spend time trying.
+    image.save(out, format="PNG", compress_level=0)
+    return out.getvalue()

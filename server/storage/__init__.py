@@ -1,0 +1,5 @@
+"""Blob stores: implementations of `server.domain.ports.BlobStore`."""
+
+from server.storage.local import LocalDirectoryStore
+
+__all__ = ["LocalDirectoryStore"]
