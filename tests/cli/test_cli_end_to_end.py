@@ -1,0 +1,142 @@
+"""The README's walkthrough, for real: `image-service dev` in one process,
+the CLI client in another, PNGs saved to disk and fetched over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.support.images import png, size_of
+
+CLI = str(pathlib.Path(sys.executable).parent / "image-service")
+READY = re.compile(r"grpc=127\.0\.0\.1:(\d+) http=(http://127\.0\.0\.1:\d+)")
+
+
+@dataclass
+class Dev:
+    grpc_target: str
+    http_url: str
+    workdir: pathlib.Path
+
+
+async def _run(*args: str, cwd: pathlib.Path) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        CLI, *args, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def dev(tmp_path: pathlib.Path) -> AsyncIterator[Dev]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SERVICE_")}
+    process = await asyncio.create_subprocess_exec(
+        CLI,
+        "dev",
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        match = READY.search(line)
+        assert match, f"no ready line: {line!r}"
+        yield Dev(f"127.0.0.1:{match.group(1)}", match.group(2), tmp_path)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_generate_saves_real_pngs_whose_urls_open(dev: Dev) -> None:
+    out_dir = dev.workdir / "out"
+    code, out, err = await _run(
+        "generate",
+        "--target",
+        dev.grpc_target,
+        "--model",
+        "azure/flux-kontext-pro",
+        "--prompt",
+        "a red fox",
+        "-n",
+        "2",
+        "--out",
+        str(out_dir),
+        cwd=dev.workdir,
+    )
+    assert code == 0, err
+    saved = sorted(out_dir.glob("gen-*.png"))
+    assert len(saved) == 2
+    assert all(size_of(p.read_bytes()) == (1024, 1024) for p in saved)
+    urls = re.findall(r"http://127\.0\.0\.1:\d+/media/images/\S+\.png", out)
+    assert len(urls) == 2
+    async with httpx.AsyncClient() as http:
+        for url in urls:
+            response = await http.get(url)
+            assert response.status_code == 200 and response.content[:4] == b"\x89PNG"
+
+    generation_id = re.search(r"gen-[0-9a-f]{16}", out)
+    assert generation_id
+    code, out, err = await _run(
+        "get", "--target", dev.grpc_target, generation_id.group(0), "--json", cwd=dev.workdir
+    )
+    assert code == 0, err
+    assert json.loads(out)["generation_id"] == generation_id.group(0)
+
+
+async def test_edit_models_and_errors_through_the_cli(dev: Dev) -> None:
+    source = dev.workdir / "photo.png"
+    source.write_bytes(png(300, 200))
+    code, out, err = await _run(
+        "edit",
+        "--target",
+        dev.grpc_target,
+        "--model",
+        "azure/flux-kontext-pro",
+        "--image",
+        str(source),
+        "--prompt",
+        "add a rainbow",
+        "--out",
+        str(dev.workdir / "edits"),
+        cwd=dev.workdir,
+    )
+    assert code == 0, err
+    assert len(list((dev.workdir / "edits").glob("*.png"))) == 1
+
+    code, out, err = await _run("models", "--target", dev.grpc_target, cwd=dev.workdir)
+    assert code == 0, err
+    assert "azure/flux-kontext-pro" in out and "google/imagen-4.0" in out
+
+    code, out, err = await _run(
+        "generate",
+        "--target",
+        dev.grpc_target,
+        "--model",
+        "azure/flux-kontext-pro",
+        "--prompt",
+        "x",
+        "--size",
+        "333x333",
+        cwd=dev.workdir,
+    )
+    assert code == 2
+    assert "INVALID_ARGUMENT" in err and "size" in err
