@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from chuizi.image.v1 import image_service_pb2 as pb
@@ -35,8 +36,9 @@ def build_store(settings: Settings) -> BlobStore:
     if settings.storage == "local":
         return LocalDirectoryStore(settings.local_storage_dir, settings.local_public_base_url)
     if settings.storage == "r2":
+        settings.check_r2()  # names any missing IMAGE_SERVICE_R2_* variable
         key_id, secret = settings.r2_access_key_id, settings.r2_secret_access_key
-        if key_id is None or secret is None:  # Settings' own check prevents this
+        if key_id is None or secret is None:  # excluded by check_r2; narrows the types
             raise ValueError("IMAGE_SERVICE_R2_ACCESS_KEY_ID and _SECRET_ACCESS_KEY are required")
         return R2Store(
             endpoint_url=settings.r2_endpoint_url,
@@ -78,7 +80,8 @@ class GrpcService:
 
     settings: Settings
     server: grpc.aio.Server
-    health: health.aio.HealthServicer
+    # grpc_health's asyncio servicer ships without type information.
+    health: Any
     orchestrator: Orchestrator
     backends: Backends
     store: BlobStore
@@ -126,8 +129,9 @@ async def create_grpc_service(
         default_deadline_s=settings.default_deadline_s,
     )
     server = grpc.aio.server(options=server_options(settings))
-    pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(orchestrator), server)
-    health_servicer = health.aio.HealthServicer()
+    # The generated *_pb2_grpc module carries no annotations.
+    pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(orchestrator), server)  # type: ignore[no-untyped-call]
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     if settings.reflection:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -20,11 +20,7 @@ MIB = 1024 * 1024
 class Settings(BaseSettings):
     """All settings of the service; see the README's configuration table."""
 
-    # hide_input_in_errors: a failed check would otherwise print every
-    # setting it was given, secrets included, in the startup error.
-    model_config = SettingsConfigDict(
-        env_prefix="IMAGE_SERVICE_", extra="ignore", hide_input_in_errors=True
-    )
+    model_config = SettingsConfigDict(env_prefix="IMAGE_SERVICE_", extra="ignore")
 
     # --- gRPC server -------------------------------------------------------
     grpc_host: str = "0.0.0.0"
@@ -89,6 +85,23 @@ class Settings(BaseSettings):
     upstream_backoff_base_s: float = 0.5
     upstream_backoff_max_s: float = 20.0
 
+    # --- concurrency limits, per backend -------------------------------------
+    # Client-side queueing so a burst waits (within each caller's deadline)
+    # instead of drawing a storm of 429s. Each applies to every model of the
+    # backend separately, as upstream quotas are per deployment or model;
+    # unset is no limit. Set them to the deployment's quota, e.g. Kontext's
+    # default 6 RPM: IMAGE_SERVICE_AZURE_FLUX_REQUESTS_PER_MINUTE=6.
+    azure_flux_max_concurrency: int | None = Field(default=None, ge=1)
+    azure_flux_requests_per_minute: int | None = Field(default=None, ge=1)
+    azure_mai_max_concurrency: int | None = Field(default=None, ge=1)
+    azure_mai_requests_per_minute: int | None = Field(default=None, ge=1)
+    vertex_imagen_max_concurrency: int | None = Field(default=None, ge=1)
+    vertex_imagen_requests_per_minute: int | None = Field(default=None, ge=1)
+    bailian_wan_max_concurrency: int | None = Field(default=None, ge=1)
+    bailian_wan_requests_per_minute: int | None = Field(default=None, ge=1)
+    bedrock_stability_max_concurrency: int | None = Field(default=None, ge=1)
+    bedrock_stability_requests_per_minute: int | None = Field(default=None, ge=1)
+
     # --- Azure AI Foundry, Black Forest Labs route (FLUX) --------------------
     # Resource endpoint, e.g. https://myres.services.ai.azure.com
     azure_flux_endpoint: str = ""
@@ -97,16 +110,76 @@ class Settings(BaseSettings):
     # FLUX.2 pro takes 30-120 s per image.
     azure_flux_timeout_s: float = 180.0
 
-    @model_validator(mode="after")
-    def _r2_settings_complete(self) -> Settings:
-        """With storage = "r2", refuse to start without what R2 needs.
+    # --- Azure AI Foundry, MAI route (MAI-Image-2) ----------------------------
+    # Resource endpoint, e.g. https://myres.services.ai.azure.com
+    azure_mai_endpoint: str = ""
+    azure_mai_api_key: SecretStr | None = None
+    # The deployment name sent as `model`; empty uses the catalogue's
+    # upstream_id (MAI-Image-2, the portal's default deployment name).
+    azure_mai_deployment: str = ""
+    # Sent as ?api-version= when set; the documented route takes none.
+    azure_mai_api_version: str = ""
+    azure_mai_timeout_s: float = Field(default=120.0, gt=0)
 
-        Checked here, at startup, so a missing variable is named at once
-        instead of surfacing as every upload failing (and every image coming
-        back inline) in production.
+    # --- Amazon Bedrock Runtime (Stability models) ----------------------------
+    # Region of the models, e.g. us-west-2; setting it enables the backend.
+    # Credentials are not settings: boto3's standard chain finds them
+    # (AWS_* variables, AWS_PROFILE and shared config, IRSA, instance role).
+    bedrock_region: str = ""
+    # Replaces https://bedrock-runtime.<region>.amazonaws.com (the sandbox, or
+    # a VPC endpoint).
+    bedrock_endpoint_url: str = ""
+    # Static keys for the sandbox and tests only; when both are unset (as in
+    # production) the standard chain is used. Set both or neither.
+    bedrock_access_key_id: SecretStr | None = None
+    bedrock_secret_access_key: SecretStr | None = None
+    # Per attempt; also botocore's read timeout (per socket read).
+    bedrock_timeout_s: float = Field(default=120.0, gt=0)
+    # Connections to Bedrock, and the threads running boto3 calls.
+    bedrock_max_connections: int = Field(default=16, ge=1, le=256)
+
+    # --- Alibaba Bailian / DashScope (Wan 2.7) ---------------------------------
+    # Region base URL; keys are per region. Beijing is
+    # https://dashscope.aliyuncs.com/api/v1.
+    bailian_base_url: str = "https://dashscope-intl.aliyuncs.com/api/v1"
+    bailian_api_key: SecretStr | None = None
+    # Per HTTP request (submission, one poll, one download); a task's whole
+    # wait is bounded by the caller's deadline and bailian_task_timeout_s.
+    bailian_timeout_s: float = Field(default=60.0, gt=0)
+    bailian_task_timeout_s: float = Field(default=900.0, gt=0)
+    # Task polling backs off from the first to the second. Task queries are
+    # limited to 20 QPS per account: raise the maximum when many tasks run at once.
+    bailian_poll_initial_s: float = Field(default=0.5, gt=0)
+    bailian_poll_max_s: float = Field(default=5.0, gt=0)
+    # Result images downloaded at once, across all tasks.
+    bailian_download_concurrency: int = Field(default=8, ge=1)
+
+    # --- Google Vertex AI (Imagen 4) -----------------------------------------
+    # The Google Cloud project that calls (and pays for) Imagen; setting it
+    # enables the backend.
+    vertex_project: str = ""
+    vertex_location: str = "us-central1"
+    # A service-account JSON key file; empty: Application Default Credentials
+    # (GOOGLE_APPLICATION_CREDENTIALS, gcloud's login, the GKE/GCE identity).
+    vertex_credentials_file: str = ""
+    # host[:port] replacing {location}-aiplatform.googleapis.com (a private
+    # endpoint). http://host:port is plaintext without credentials: only the
+    # sandbox emulator accepts that.
+    vertex_api_endpoint: str = ""
+    # Per attempt; Imagen answers in seconds, Ultra at 2K in tens of seconds.
+    vertex_timeout_s: float = Field(default=120.0, gt=0)
+
+    def check_r2(self) -> None:
+        """Raise ValueError naming each R2 variable that storage = "r2" still needs.
+
+        Called when the gRPC server builds its store at startup, so a
+        missing variable is named at once instead of surfacing as every
+        upload failing (and every image coming back inline). Not a model
+        validator: the REST sidecar reads the same ConfigMap, including
+        `IMAGE_SERVICE_STORAGE=r2`, but is given no R2 credentials.
         """
         if self.storage != "r2":
-            return self
+            return
         required = {
             "IMAGE_SERVICE_R2_ENDPOINT_URL": self.r2_endpoint_url.strip(),
             "IMAGE_SERVICE_R2_BUCKET": self.r2_bucket.strip(),
@@ -128,7 +201,6 @@ class Settings(BaseSettings):
         ):
             if url and not url.startswith(("https://", "http://")):
                 raise ValueError(f"{name} must start with https:// (or http://).")
-        return self
 
 
 def _secret_set(secret: SecretStr | None) -> str:

@@ -1,9 +1,9 @@
 """The `image-service` command line.
 
-`main` builds one argparse parser whose subcommands come from two modules:
-`server.cli.run` (the server side: `serve`, `sandbox`, `dev`) and
-`server.cli.client` (calls to a running service: `generate`, `edit`,
-`models`, `get`). Each module's `register(subparsers)` adds its commands and
+`main` builds one argparse parser whose subcommands come from three modules:
+`server.cli.run` (the server side: `serve`, `sandbox`, `dev`),
+`server.cli.rest_command` (the REST sidecar: `rest`) and `server.cli.client`
+(calls to a running service: `generate`, `edit`, `models`, `get`). Each module's `register(subparsers)` adds its commands and
 sets a handler on each with `set_defaults(func=handler)`. A handler takes
 the parsed `argparse.Namespace` and returns the exit code, either directly
 or as a coroutine, which `main` runs with `asyncio.run`.
@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeAlias
 
-from server.cli import client, run
+from server.cli import client, rest_command, run
 
 Handler: TypeAlias = Callable[[argparse.Namespace], int | Coroutine[Any, Any, int | None] | None]
 """What `set_defaults(func=...)` must be: None counts as exit code 0."""
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     run.register(subparsers)
+    rest_command.register(subparsers)
     client.register(subparsers)
     return parser
 

@@ -36,7 +36,11 @@ async def run_rest(args: argparse.Namespace) -> int:
     from server.settings import Settings
 
     overrides: dict[str, Any] = {}
-    for flag, field in (("upstream", "rest_upstream"), ("port", "rest_port"), ("host", "rest_host")):
+    for flag, field in (
+        ("upstream", "rest_upstream"),
+        ("port", "rest_port"),
+        ("host", "rest_host"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[field] = value
@@ -57,7 +61,7 @@ async def run_rest(args: argparse.Namespace) -> int:
     finally:
         # In-flight requests finish (uvicorn drains) before the channel closes.
         await server.stop()
-        await channel.close()
+        await channel.close(None)
     return 0
 
 

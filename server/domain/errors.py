@@ -140,3 +140,14 @@ class UpstreamTimeout(ImageServiceError):
 class StorageUnavailable(ImageServiceError):
     reason = "STORAGE_UNAVAILABLE"
     retryable = True
+
+
+class StorageRejected(ImageServiceError):
+    """The blob store refused this deployment's request for good.
+
+    Wrong credentials, a missing bucket or a denied permission: retrying
+    cannot help, so it is not retryable, unlike `StorageUnavailable`.
+    Images still reach the caller inline; the message names no credential.
+    """
+
+    reason = "STORAGE_REJECTED"

@@ -10,6 +10,7 @@ public base URL (or presigned mode) applies to old records too.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
@@ -17,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from server.domain.deadline import Deadline
+from server.domain.errors import StorageUnavailable
 from server.domain.ports import BlobStore
 from server.domain.requests import Operation
 from server.domain.retry import RetryPolicy
@@ -92,6 +94,24 @@ class GenerationRecord:
         return cls(**body)
 
 
+async def put_within(
+    store: BlobStore, key: str, data: bytes, content_type: str, deadline: Deadline
+) -> None:
+    """One `store.put` attempt that gives up when `deadline` passes.
+
+    A store's own timeouts bound an attempt, but not by the caller's
+    deadline: a hung upload must end in time for the images to go back
+    inline. Giving up raises `StorageUnavailable` (the object may still
+    land; every key is written whole and only ever with the same bytes).
+    """
+    try:
+        await asyncio.wait_for(store.put(key, data, content_type), deadline.remaining())
+    except TimeoutError:
+        raise StorageUnavailable(
+            "Storage did not answer within the deadline.", metadata={"key": key}
+        ) from None
+
+
 def format_cost(cost: Decimal) -> str:
     """USD with 8 places, as the public API shows it (`0.05000000`)."""
     return f"{cost.quantize(Decimal('0.00000001'))}"
@@ -116,23 +136,38 @@ class RecordStore:
     async def save(self, record: GenerationRecord, deadline: Deadline) -> None:
         """Write the record (and its request-id index) with retries."""
         key = self._record_key(record.generation_id)
-        await self._retry.run(lambda: self._store.put(key, record.to_json(), _JSON), deadline)
+        body = record.to_json()
+        await self._retry.run(lambda: put_within(self._store, key, body, _JSON, deadline), deadline)
         if record.request_id:
             pointer = json.dumps({"generation_id": record.generation_id}).encode()
             request_key = self._request_key(record.request_id)
-            await self._retry.run(lambda: self._store.put(request_key, pointer, _JSON), deadline)
+            await self._retry.run(
+                lambda: put_within(self._store, request_key, pointer, _JSON, deadline), deadline
+            )
 
-    async def get(self, generation_id: str) -> GenerationRecord | None:
-        raw = await self._store.get(self._record_key(generation_id))
+    async def get(
+        self, generation_id: str, deadline: Deadline | None = None
+    ) -> GenerationRecord | None:
+        """The record with its URLs derived now, or None if there is none.
+
+        Transient storage errors are retried (within `deadline`, if given).
+        """
+        raw = await self._read(self._record_key(generation_id), deadline)
         if raw is None:
             return None
         return self._with_urls(GenerationRecord.from_json(raw))
 
-    async def find_by_request_id(self, request_id: str) -> GenerationRecord | None:
-        raw = await self._store.get(self._request_key(request_id))
+    async def find_by_request_id(
+        self, request_id: str, deadline: Deadline | None = None
+    ) -> GenerationRecord | None:
+        """The generation a request_id produced, or None; retried like `get`."""
+        raw = await self._read(self._request_key(request_id), deadline)
         if raw is None:
             return None
-        return await self.get(json.loads(raw)["generation_id"])
+        return await self.get(json.loads(raw)["generation_id"], deadline)
+
+    async def _read(self, key: str, deadline: Deadline | None) -> bytes | None:
+        return await self._retry.run(lambda: self._store.get(key), deadline or Deadline.none())
 
     def _with_urls(self, record: GenerationRecord) -> GenerationRecord:
         images = tuple(

@@ -32,6 +32,8 @@ ERROR_TABLE: tuple[tuple[type[errors.ImageServiceError], grpc.StatusCode], ...] 
     (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.UpstreamUnavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
+    # The deployment's storage credentials or bucket are wrong.
+    (errors.StorageRejected, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.UpstreamTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.ImageServiceError, grpc.StatusCode.INTERNAL),
 )

@@ -16,7 +16,10 @@ SEED_MODELS = {
     "google/imagen-4.0-ultra": "2048x2048",
     "bailian/wan2.7-image": "1024x1024",
     "bailian/wan2.7-image-pro": "1024x1024",
-    "azure/mai-image-2": "2048x2048",
+    # The seed says 2048x2048, but MAI-Image-2 renders at most 1,048,576
+    # pixels: the catalogue states what the upstream can really produce
+    # (decision documented in docs/models-mai.md).
+    "azure/mai-image-2": "1024x1024",
 }
 
 

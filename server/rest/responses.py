@@ -1,0 +1,194 @@
+"""Proto -> the public JSON bodies: generations, models.
+
+A generation body is exactly the seed's shape:
+
+    {"created": 1712000000,
+     "data": [{"url": "https://..."}],
+     "x_chuizi": {"generation_id": "gen-...", "cost": "0.05000000", "latency_ms": 8500}}
+
+with `{"b64_json": "..."}` items for `response_format=b64_json`, an item's
+`revised_prompt` only when the upstream rewrote the prompt, and
+`x_chuizi.failures` only when some requested images could not be produced.
+
+Image bytes are base64-encoded once, straight into their own body chunk:
+bodies are built as a list of byte strings (small JSON pieces between the
+large base64 blobs) and sent chunk by chunk, so a multi-megabyte image is
+never copied into a joined body or escaped by a JSON encoder. Base64 output
+is pure ASCII without quotes or backslashes, so splicing it between `"`
+characters is valid JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping, Sequence
+
+from chuizi.image.v1 import image_service_pb2 as pb
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from server.rest.errors import public_code
+
+_OPERATION_NAMES = {
+    pb.OPERATION_GENERATE: "generate",
+    pb.OPERATION_PROMPT_EDIT: "prompt_edit",
+    pb.OPERATION_INPAINT: "inpaint",
+    pb.OPERATION_REMOVE_BACKGROUND: "remove_background",
+    pb.OPERATION_UPSCALE: "upscale",
+}
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class BodyBuilder:
+    """Accumulates a JSON body as chunks: small text pieces and large blobs."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._text: list[str] = []
+
+    def text(self, piece: str) -> None:
+        self._text.append(piece)
+
+    def value(self, value: object) -> None:
+        self._text.append(dumps(value))
+
+    def blob(self, data: bytes) -> None:
+        """Append `data` as its own chunk (no copy)."""
+        self._flush()
+        self._chunks.append(data)
+
+    def chunks(self) -> list[bytes]:
+        self._flush()
+        return self._chunks
+
+    def _flush(self) -> None:
+        if self._text:
+            self._chunks.append("".join(self._text).encode())
+            self._text.clear()
+
+
+def write_image_fields(out: BodyBuilder, image: pb.Image, data: bytes, *, b64: bool) -> None:
+    """Write an image's `"b64_json"` or `"url"` member (and `revised_prompt`).
+
+    `data` is the image's bytes, read once by the caller. `b64_json` when
+    the caller asked for it, and also for an image that could not be stored
+    (`stored` false): a paid image is never dropped.
+    """
+    if data and (b64 or not image.stored):
+        out.text('"b64_json":"')
+        out.blob(base64.b64encode(data))
+        out.text('"')
+    else:
+        out.text('"url":')
+        out.value(image.url)
+    if image.revised_prompt:
+        out.text(',"revised_prompt":')
+        out.value(image.revised_prompt)
+
+
+def write_images(out: BodyBuilder, images: Iterable[pb.Image], *, b64: bool) -> None:
+    """Write the `data` array, in image index order."""
+    out.text("[")
+    first = True
+    for image in sorted(images, key=lambda i: i.index):
+        data = image.data  # read once: upb copies the bytes on every access
+        if not data and not image.url:
+            # In a stored record, an image that never reached storage: its
+            # bytes were returned inline by the original call and are gone.
+            continue
+        if not first:
+            out.text(",")
+        first = False
+        out.text("{")
+        write_image_fields(out, image, data, b64=b64)
+        out.text("}")
+    out.text("]")
+
+
+def x_chuizi(generation: pb.Generation) -> dict[str, object]:
+    """The seed's `x_chuizi` block, plus `failures` on a partial result."""
+    block: dict[str, object] = {
+        "generation_id": generation.generation_id,
+        "cost": generation.cost,
+        "latency_ms": generation.latency_ms,
+    }
+    if generation.failures:
+        block["failures"] = [
+            {
+                "image_count": failure.image_count,
+                "code": public_code(failure.reason),
+                "message": failure.message,
+            }
+            for failure in generation.failures
+        ]
+    return block
+
+
+def generation_chunks(generation: pb.Generation, *, b64: bool) -> list[bytes]:
+    """The body of a generation response (see module doc) as chunks."""
+    out = BodyBuilder()
+    out.text('{"created":')
+    out.value(generation.created)
+    out.text(',"data":')
+    write_images(out, generation.images, b64=b64)
+    out.text(',"x_chuizi":')
+    out.value(x_chuizi(generation))
+    out.text("}")
+    return out.chunks()
+
+
+def model_object(model: pb.Model) -> dict[str, object]:
+    """One `/v1/models` entry: OpenAI's model object plus the catalogue's fields."""
+    return {
+        "id": model.name,
+        "object": "model",
+        # The catalogue has no creation date; OpenAI clients expect the key.
+        "created": 0,
+        "owned_by": model.provider,
+        "provider": model.provider,
+        "description": model.description,
+        "max_size": model.max_size,
+        "sizes": list(model.sizes),
+        "images_per_call": model.images_per_call,
+        "max_images_per_request": model.max_images_per_request,
+        "operations": [_OPERATION_NAMES.get(op, str(op)) for op in model.operations],
+        "price_per_image": model.price_per_image,
+        "configured": model.configured,
+    }
+
+
+def model_list(models: Sequence[pb.Model]) -> dict[str, object]:
+    return {"object": "list", "data": [model_object(m) for m in models]}
+
+
+class ChunkedJSONResponse(Response):
+    """A JSON response sent as several body chunks with one Content-Length."""
+
+    media_type = "application/json"
+
+    def __init__(
+        self,
+        chunks: list[bytes],
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.chunks = chunks
+        self.status_code = status_code
+        self.background = None
+        self.body = b""
+        length = sum(len(c) for c in chunks)
+        self.init_headers({**(headers or {}), "content-length": str(length)})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        last = len(self.chunks) - 1
+        for i, chunk in enumerate(self.chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < last})
+        if not self.chunks:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,146 @@
+"""The sidecar's side of the gRPC connection: channel, call metadata, cancellation.
+
+One long-lived channel per process (gRPC multiplexes every request over it
+and reconnects on its own); each request passes the caller's
+`Authorization` header and a request id as call metadata, and a deadline of
+`rest_upstream_timeout_s`. When the HTTP client goes away mid-request the
+upstream call is cancelled, so the service stops paying for images nobody
+will receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
+from starlette.types import Receive
+
+from server.rest.errors import AUTHENTICATION, RestError
+from server.settings import Settings
+
+T = TypeVar("T")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+# Printable ASCII without spaces: safe as gRPC metadata and in log lines.
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+# What gRPC accepts in an ASCII metadata value.
+_METADATA_VALUE = re.compile(r"^[\x20-\x7e]*$")
+
+
+def channel_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments: message limits that fit inline images and edit inputs."""
+    limit = max(settings.max_message_bytes, settings.rest_max_upload_bytes + 1024 * 1024)
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+    ]
+
+
+def open_channel(settings: Settings, target: str | None = None) -> grpc.aio.Channel:
+    """The sidecar's channel to `target` (default `settings.rest_upstream`).
+
+    Plaintext: the sidecar runs beside the service (same pod or host). Call
+    from inside the event loop that will use it.
+    """
+    return grpc.aio.insecure_channel(
+        target or settings.rest_upstream, options=channel_options(settings)
+    )
+
+
+class Upstream:
+    """The generated stub plus what every call carries."""
+
+    def __init__(self, channel: grpc.aio.Channel, settings: Settings) -> None:
+        self.channel = channel
+        # The generated stub is untyped; call sites annotate what they get.
+        self.stub: Any = pb_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
+        self.timeout_s = settings.rest_upstream_timeout_s
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Per-request values: the request id and the metadata sent upstream."""
+
+    request_id: str
+    authorization: str | None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> CallContext:
+        """Take `X-Request-Id` if it is usable, else generate one."""
+        request_id = headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(request_id):
+            request_id = f"req-{uuid.uuid4().hex}"
+        return cls(request_id, headers.get("authorization"))
+
+    def check_authorization(self) -> None:
+        """Refuse an Authorization header that cannot travel as gRPC metadata."""
+        if self.authorization is not None and not _METADATA_VALUE.match(self.authorization):
+            raise RestError(
+                401,
+                "The Authorization header is malformed.",
+                type=AUTHENTICATION,
+                code="invalid_authorization_header",
+            )
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """`x-request-id` and, when the caller sent one, `authorization`."""
+        if self.authorization is None:
+            return (("x-request-id", self.request_id),)
+        return (("x-request-id", self.request_id), ("authorization", self.authorization))
+
+
+class ClientDisconnected(Exception):
+    """The HTTP client closed the connection before the response was sent."""
+
+
+class DisconnectWatcher:
+    """Watches an HTTP request's `receive` channel for the client leaving.
+
+    Start it only after the request body has been read: from then on the
+    only message `receive` can yield is `http.disconnect`.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._task = asyncio.ensure_future(self._watch(receive))
+
+    @staticmethod
+    async def _watch(receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    async def wait(self, task: asyncio.Future[Any], max_wait_s: float | None = None) -> bool:
+        """Wait for `task`: True once it is done, False after `max_wait_s`.
+
+        Raises `ClientDisconnected` if the client left first.
+        """
+        done, _ = await asyncio.wait(
+            {task, self._task}, timeout=max_wait_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task in done:
+            return True
+        if self._task in done:
+            raise ClientDisconnected()
+        return False
+
+    async def run(self, call: Awaitable[T]) -> T:
+        """Await `call`; cancel it and raise `ClientDisconnected` if the client leaves."""
+        task: asyncio.Future[T] = asyncio.ensure_future(call)
+        try:
+            await self.wait(task)
+            return task.result()
+        finally:
+            # Cancelling the task cancels the RPC it awaits (grpc.aio does so
+            # on CancelledError), also when this handler itself is cancelled.
+            task.cancel()
+
+    def close(self) -> None:
+        self._task.cancel()
