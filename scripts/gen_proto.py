@@ -57,8 +57,11 @@ def main() -> None:
     if args.descriptor_set:
         args.descriptor_set.parent.mkdir(parents=True, exist_ok=True)
         run_protoc(
-            [f"--descriptor_set_out={args.descriptor_set}", "--include_imports",
-             "--include_source_info"]
+            [
+                f"--descriptor_set_out={args.descriptor_set}",
+                "--include_imports",
+                "--include_source_info",
+            ]
         )
     elif args.out:
         generate(args.out)

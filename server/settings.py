@@ -20,7 +20,10 @@ MIB = 1024 * 1024
 class Settings(BaseSettings):
     """All settings of the service; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix="IMAGE_SERVICE_", extra="ignore")
+    # hide_input_in_errors: a validation error must not echo a secret back.
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGE_SERVICE_", extra="ignore", hide_input_in_errors=True
+    )
 
     # --- gRPC server -------------------------------------------------------
     grpc_host: str = "0.0.0.0"

@@ -3,8 +3,9 @@
 `main` builds one argparse parser whose subcommands come from three modules:
 `server.cli.run` (the server side: `serve`, `sandbox`, `dev`),
 `server.cli.rest_command` (the REST sidecar: `rest`) and `server.cli.client`
-(calls to a running service: `generate`, `edit`, `models`, `get`). Each module's `register(subparsers)` adds its commands and
-sets a handler on each with `set_defaults(func=handler)`. A handler takes
+(calls to a running service: `generate`, `edit`, `models`, `get`). Each
+module's `register(subparsers)` adds its commands and sets a handler on each
+with `set_defaults(func=handler)`. A handler takes
 the parsed `argparse.Namespace` and returns the exit code, either directly
 or as a coroutine, which `main` runs with `asyncio.run`.
 """

@@ -44,6 +44,7 @@ from server.domain.errors import (
 from server.domain.ports import ProducedImage, UpstreamCall, UpstreamResult
 from server.domain.requests import Operation, Size
 from server.domain.retry import RetryPolicy
+from server.providers.base64_json import b64decode, loads_with_base64
 from server.providers.http import (
     Upstream,
     new_client,
@@ -190,7 +191,7 @@ def _unavailable(message: str) -> UpstreamUnavailable:
 def parse_response(response: httpx.Response) -> UpstreamResult:
     """Images from a 2xx body; all filtered → `ContentRejected`."""
     try:
-        payload = response.json()
+        payload = loads_with_base64(response.content, "b64_json")
     except (ValueError, UnicodeDecodeError):
         raise _unavailable("Azure FLUX returned an unreadable response.") from None
     items = payload.get("data") if isinstance(payload, dict) else None
@@ -209,10 +210,10 @@ def parse_response(response: httpx.Response) -> UpstreamResult:
             filtered += 1
             categories.extend(_filtered_categories(item))
             continue
-        if not isinstance(b64, str) or not b64:
+        if not isinstance(b64, bytes | memoryview) or not b64:
             continue
         try:
-            data = base64.b64decode(b64, validate=True)
+            data = b64decode(b64)
         except (binascii.Error, ValueError):
             raise _unavailable("Azure FLUX returned a corrupt image.") from None
         images.append(ProducedImage(data=data, mime_type=_mime_type(data)))

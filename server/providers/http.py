@@ -111,20 +111,26 @@ Classifier = Callable[[httpx.Response], ImageServiceError | None]
 def new_client(
     *,
     timeout_s: float,
-    max_connections: int = 64,
+    max_connections: int | None = None,
+    max_idle_connections: int = 64,
     user_agent: str = USER_AGENT,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """The one long-lived client of a backend; close it in the backend's `aclose`.
 
     `send_with_retry` overrides the timeout per attempt; the client's own
-    is the ceiling for anything sent directly.
+    is the ceiling for anything sent directly. No cap on connections by
+    default: how many calls run at once is `limits.LimitedBackend`'s job
+    (`IMAGE_SERVICE_<BACKEND>_MAX_CONCURRENCY`, unset is no limit), and a
+    pool cap would be a second, hidden limit that queues calls past it (with
+    a 5 s upstream, 64 connections held 2,000 generations to 13 a second).
+    At most `max_idle_connections` are kept open between calls.
     """
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)),
         limits=httpx.Limits(
             max_connections=max_connections,
-            max_keepalive_connections=max_connections,
+            max_keepalive_connections=max_idle_connections,
             keepalive_expiry=KEEPALIVE_EXPIRY_S,
         ),
         headers={"User-Agent": user_agent},
@@ -220,6 +226,15 @@ def _blamed_field(message: str, hints: Sequence[tuple[str, str]]) -> str:
         if needle in lowered:
             return field
     return WHOLE_REQUEST
+
+
+def blamed_field(message: str, hints: Sequence[tuple[str, str]] = DEFAULT_FIELD_HINTS) -> str:
+    """The request field an upstream's error `message` names, else `WHOLE_REQUEST`.
+
+    For errors found inside a 2xx body (an asynchronous task that failed),
+    where `error_for_status` does not apply.
+    """
+    return _blamed_field(message, hints)
 
 
 def error_for_status(

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from server.domain.ports import ImageBackend
 from server.domain.retry import RetryPolicy
+from server.providers.limits import limited
 from server.settings import Settings
 
 ENV_PREFIX = "IMAGE_SERVICE_"
@@ -69,10 +70,69 @@ def _azure_flux(settings: Settings) -> ImageBackend:
     )
 
 
+def _bedrock_stability(settings: Settings) -> ImageBackend:
+    from server.providers.bedrock_stability import BedrockStabilityBackend
+
+    return BedrockStabilityBackend(
+        region=settings.bedrock_region,
+        endpoint_url=settings.bedrock_endpoint_url or None,
+        access_key_id=settings.bedrock_access_key_id,
+        secret_access_key=settings.bedrock_secret_access_key,
+        timeout_s=settings.bedrock_timeout_s,
+        max_connections=settings.bedrock_max_connections,
+        retry=retry_policy(settings),
+    )
+
+
+def _azure_mai(settings: Settings) -> ImageBackend:
+    from server.providers.azure_mai import AzureMaiBackend
+
+    return AzureMaiBackend(
+        endpoint=settings.azure_mai_endpoint,
+        api_key=_secret(settings.azure_mai_api_key),
+        deployment=settings.azure_mai_deployment,
+        api_version=settings.azure_mai_api_version,
+        timeout_s=settings.azure_mai_timeout_s,
+        retry=retry_policy(settings),
+    )
+
+
+def _bailian_wan(settings: Settings) -> ImageBackend:
+    from server.providers.bailian_wan import BailianWanBackend
+
+    return BailianWanBackend(
+        base_url=settings.bailian_base_url,
+        api_key=_secret(settings.bailian_api_key),
+        timeout_s=settings.bailian_timeout_s,
+        task_timeout_s=settings.bailian_task_timeout_s,
+        poll_initial_s=settings.bailian_poll_initial_s,
+        poll_max_s=settings.bailian_poll_max_s,
+        download_concurrency=settings.bailian_download_concurrency,
+        retry=retry_policy(settings),
+    )
+
+
+def _vertex_imagen(settings: Settings) -> ImageBackend:
+    from server.providers.vertex_imagen import VertexImagenBackend
+
+    return VertexImagenBackend(
+        project=settings.vertex_project,
+        location=settings.vertex_location,
+        api_endpoint=settings.vertex_api_endpoint,
+        credentials_file=settings.vertex_credentials_file,
+        timeout_s=settings.vertex_timeout_s,
+        retry=retry_policy(settings),
+    )
+
+
 REGISTRY: Mapping[str, BackendEntry] = {
     entry.key: entry
     for entry in (
         BackendEntry("azure_flux", ("azure_flux_endpoint", "azure_flux_api_key"), _azure_flux),
+        BackendEntry("vertex_imagen", ("vertex_project",), _vertex_imagen),
+        BackendEntry("azure_mai", ("azure_mai_endpoint", "azure_mai_api_key"), _azure_mai),
+        BackendEntry("bedrock_stability", ("bedrock_region",), _bedrock_stability),
+        BackendEntry("bailian_wan", ("bailian_base_url", "bailian_api_key"), _bailian_wan),
     )
 }
 
@@ -81,6 +141,16 @@ def _is_set(value: object) -> bool:
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     return value is not None and value != ""
+
+
+def backend_limits(settings: Settings, key: str) -> tuple[int | None, int | None]:
+    """`(max_concurrency, requests_per_minute)` for backend `key`, from the
+    `<key>_max_concurrency` / `<key>_requests_per_minute` settings (None:
+    no limit, also for a backend without such settings)."""
+    return (
+        getattr(settings, f"{key}_max_concurrency", None),
+        getattr(settings, f"{key}_requests_per_minute", None),
+    )
 
 
 def missing_setting(settings: Settings, entry: BackendEntry) -> str | None:
@@ -111,7 +181,14 @@ def build_backends(
     for key, entry in registry.items():
         unset = missing_setting(settings, entry)
         if unset is None:
-            backends[key] = entry.factory(settings)
+            # The one place limits are applied, so every backend has them.
+            max_concurrent, per_minute = backend_limits(settings, key)
+            backends[key] = limited(
+                entry.factory(settings),
+                key=key,
+                max_concurrent=max_concurrent,
+                per_minute=per_minute,
+            )
         else:
             missing[key] = unset
     for key in wanted:

@@ -71,21 +71,36 @@ def edit_request(request: pb.EditRequest) -> EditRequest:
     )
 
 
+def _image_fields(image: DeliveredImage) -> dict[str, object]:
+    return {
+        "index": image.index,
+        "url": image.url,
+        "data": image.data or b"",
+        "mime_type": image.mime_type,
+        "width": image.width,
+        "height": image.height,
+        "revised_prompt": image.revised_prompt,
+        "stored": image.stored,
+    }
+
+
 def image(image: DeliveredImage) -> pb.Image:
-    return pb.Image(
-        index=image.index,
-        url=image.url,
-        data=image.data or b"",
-        mime_type=image.mime_type,
-        width=image.width,
-        height=image.height,
-        revised_prompt=image.revised_prompt,
-        stored=image.stored,
-    )
+    return pb.Image(**_image_fields(image))  # type: ignore[arg-type]
+
+
+def set_image(target: pb.Image, image: DeliveredImage) -> None:
+    """Fill `target`, a field of a message being built, in place.
+
+    Assigning a finished `pb.Image` to a field (or passing it to a
+    constructor) copies it, inline bytes included; filling the field in
+    place copies the bytes once, into the message that is sent.
+    """
+    for name, value in _image_fields(image).items():
+        setattr(target, name, value)
 
 
 def generation(record: GenerationRecord) -> pb.Generation:
-    return pb.Generation(
+    message = pb.Generation(
         generation_id=record.generation_id,
         model=record.model,
         operation=_OPERATION_TO_PB[record.operation],
@@ -93,7 +108,6 @@ def generation(record: GenerationRecord) -> pb.Generation:
         size=record.size,
         n=record.n,
         created=record.created,
-        images=[image(i) for i in record.images],
         cost=format_cost(record.cost),
         latency_ms=record.latency_ms,
         request_id=record.request_id,
@@ -103,6 +117,9 @@ def generation(record: GenerationRecord) -> pb.Generation:
             for f in record.failures
         ],
     )
+    for delivered in record.images:
+        set_image(message.images.add(), delivered)
+    return message
 
 
 def model(listing: ModelListing) -> pb.Model:

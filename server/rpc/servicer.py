@@ -122,6 +122,10 @@ M = TypeVar("M", pb.StreamGenerateResponse, pb.StreamEditResponse)
 
 
 def _stream_message(event: StreamEvent, message: type[M]) -> M:
+    out = message()
     if isinstance(event, ImageReady):
-        return message(image=convert.image(event.image))
-    return message(generation=convert.generation(event.record))
+        convert.set_image(out.image, event.image)  # in place: the bytes are copied once
+    else:
+        # The record event carries no image bytes: a copy costs nothing here.
+        out.generation.CopyFrom(convert.generation(event.record))
+    return out

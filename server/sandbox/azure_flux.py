@@ -18,7 +18,10 @@ production):
 - `output_format` is "png" or "jpeg" (the upstream's default, jpeg).
 
 A success answers `{"data":[{"b64_json": ...}], "request_meta": {...}}`
-with a rendered picture of the prompt. Faults (`faults.FaultPlan`) answer as
+with a rendered picture of the prompt, or, for a prompt carrying
+`[sandbox:noise=3mb]`, a cached noise PNG of about that many bytes whatever
+the size asked (for benchmarks: noise does not compress, and serving it
+costs the emulator almost no CPU). Faults (`faults.FaultPlan`) answer as
 the upstream would; `CONTENT_FILTER` has two shapes, chosen by the fault's
 variant: `CONTENT_FILTER_HTTP` (default, a 400 error body) or
 `CONTENT_FILTER_FINISH_REASON` (a 200 whose item has no image).
@@ -36,6 +39,7 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from PIL import Image
@@ -49,9 +53,10 @@ from server.sandbox.faults import (
     Fault,
     FaultMode,
     FaultPlan,
+    parse_directives,
     strip_directives,
 )
-from server.sandbox.render import render_image
+from server.sandbox.render import noise_png_of_size, noise_size, render_image
 
 # A well-known sandbox credential, not a secret: it only opens the emulator.
 SANDBOX_AZURE_FLUX_KEY = "sandbox-azure-flux-key"
@@ -265,6 +270,17 @@ def _render(model: FluxModel, job: _Job) -> dict[str, Any]:
     }
 
 
+@lru_cache(maxsize=8)
+def _noise_b64(nbytes: int) -> bytes:
+    return base64.b64encode(noise_png_of_size(nbytes))
+
+
+def _noise_response(model: FluxModel, job: _Job, nbytes: int) -> Response:
+    meta = json.dumps(_request_meta(model, job), separators=(",", ":")).encode()
+    body = b'{"data":[{"b64_json":"' + _noise_b64(nbytes) + b'"}],"request_meta":' + meta + b"}"
+    return Response(body, media_type="application/json")
+
+
 def _fault_response(fault: Fault, model: FluxModel, job: _Job) -> Response:
     if fault.mode is FaultMode.BAD_REQUEST:
         return _error(400, "InvalidRequest", "The request is invalid (sandbox fault).")
@@ -367,4 +383,9 @@ class AzureFluxEmulator:
         fault = await exchange.begin(job.prompt)
         if fault.mode is not FaultMode.NONE:
             return _fault_response(fault, model, job)
+        noise = noise_size(parse_directives(job.prompt).get("noise", ""))
+        if noise is not None:
+            # The first request of a size encodes it (seconds for MiBs).
+            await asyncio.to_thread(_noise_b64, noise)
+            return _noise_response(model, job, noise)
         return JSONResponse(await asyncio.to_thread(_render, model, job))

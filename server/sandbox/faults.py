@@ -102,6 +102,8 @@ class FaultStats:
 
     received: int = 0
     in_flight: int = 0
+    # The most requests in flight at once, to check client-side limits.
+    max_in_flight: int = 0
     completed: int = 0
     cancelled: int = 0
     dropped: int = 0
@@ -205,6 +207,7 @@ class FaultPlan:
         self.latencies = []
         stats = self.stats
         stats.received = stats.completed = stats.cancelled = stats.dropped = 0
+        stats.max_in_flight = stats.in_flight
         stats.faults.clear()
 
     async def wait_for(
@@ -344,6 +347,7 @@ class TrackedEndpoint:
         plan = self._plan
         plan.stats.received += 1
         plan.stats.in_flight += 1
+        plan.stats.max_in_flight = max(plan.stats.max_in_flight, plan.stats.in_flight)
         exchange = Exchange(plan)
         plan._exchanges.add(exchange)
         # Stays None if the handler crashes: that is a bug, not an outcome.

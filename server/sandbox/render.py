@@ -4,14 +4,18 @@
 prompt, so a demo (or a person looking at a stored object) can tell which
 request made which image. `noise_png` makes incompressible images for
 benchmarks, where a flat placeholder would compress to almost nothing and
-hide transfer and storage costs.
+hide transfer and storage costs. An emulator answers a prompt carrying
+`[sandbox:noise=3mb]` with `noise_png_of_size` instead of the rendered
+picture (`noise_size` reads the directive's value).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import random
+import re
 from functools import lru_cache
 from typing import Literal
 
@@ -149,3 +153,30 @@ def noise_png(width: int, height: int, seed: int) -> bytes:
     # Deflate cannot shrink noise, so do not spend time trying.
     image.save(out, format="PNG", compress_level=0)
     return out.getvalue()
+
+
+# Large enough for any benchmark, small enough that a typo cannot exhaust memory.
+MAX_NOISE_BYTES = 64 * 1024 * 1024
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)(b|kb|kib|mb|mib)?$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1024, "kib": 1024, "mb": 1024 * 1024, "mib": 1024 * 1024}
+
+
+def noise_size(text: str) -> int | None:
+    """Bytes named by a `noise` directive value ("3mb", "512kb", "4096");
+    kb and mb are binary units (KiB, MiB). None if unreadable or out of range."""
+    match = _SIZE.match(text.strip())
+    if match is None:
+        return None
+    size = int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
+    return size if 0 < size <= MAX_NOISE_BYTES else None
+
+
+@lru_cache(maxsize=8)
+def noise_png_of_size(nbytes: int) -> bytes:
+    """A square noise PNG of about `nbytes` bytes (never less), cached.
+
+    Cached so that an emulator serving it under load spends its CPU on
+    serving, not encoding: the benchmarks measure the service beside it.
+    """
+    side = max(1, math.ceil(math.sqrt(nbytes / 3)))
+    return noise_png(side, side, seed=nbytes)

@@ -13,7 +13,9 @@ real port is known as soon as `start()` returns.
 
 Adding an emulator is one line in `__init__` (`self.x = self._add(X())`);
 an emulator is any object with a `name`, a `faults` plan, `routes()` and
-`settings_overrides(base_url)`.
+`settings_overrides(base_url)`. One that serves on a socket of its own (a
+gRPC upstream) adds `start_listener(host)` and `stop_listener()`
+(`OwnListener`), which `start()` and `stop()` call.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,7 +33,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.asgi import AsgiServer
 from server.sandbox.azure_flux import AzureFluxEmulator
+from server.sandbox.azure_mai import AzureMaiEmulator
+from server.sandbox.bailian_wan import BailianWanEmulator
+from server.sandbox.bedrock_stability import BedrockStabilityEmulator
 from server.sandbox.faults import FaultPlan, quiet_uvicorn_filter, sandbox_server_context
+from server.sandbox.vertex_imagen import VertexImagenEmulator
 
 
 class Emulator(Protocol):
@@ -45,6 +51,17 @@ class Emulator(Protocol):
     def settings_overrides(self, base_url: str) -> dict[str, str]:
         """`Settings` field values that point the real backend at this emulator."""
         ...
+
+
+@runtime_checkable
+class OwnListener(Protocol):
+    """An emulator that also serves on a socket of its own (a gRPC upstream
+    cannot share the HTTP server). The sandbox starts it after the HTTP
+    server, on the same host, and stops it first."""
+
+    async def start_listener(self, host: str) -> None: ...
+
+    async def stop_listener(self) -> None: ...
 
 
 E = TypeVar("E", bound=Emulator)
@@ -72,6 +89,10 @@ class SandboxServer:
         self._port: int | None = None
         self._emulators: list[Emulator] = []
         self.azure_flux = self._add(AzureFluxEmulator())
+        self.vertex_imagen = self._add(VertexImagenEmulator())
+        self.bedrock_stability = self._add(BedrockStabilityEmulator())
+        self.azure_mai = self._add(AzureMaiEmulator())
+        self.bailian_wan = self._add(BailianWanEmulator())
         self._http: AsgiServer | None = None
 
     def _add(self, emulator: E) -> E:
@@ -143,6 +164,13 @@ class SandboxServer:
             sandbox_server_context.reset(token)
         self._http = http
         self._port = http.port
+        try:
+            for emulator in self._emulators:
+                if isinstance(emulator, OwnListener):
+                    await emulator.start_listener(self.host)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         """Stop serving: waiting handlers end at once and connections close."""
@@ -150,6 +178,9 @@ class SandboxServer:
             return
         for emulator in self._emulators:
             emulator.faults.close()
+        for emulator in self._emulators:
+            if isinstance(emulator, OwnListener):
+                await emulator.stop_listener()
         http, self._http = self._http, None
         await http.stop()
 

@@ -9,6 +9,8 @@ import time
 import httpx
 import pytest
 
+from server.domain.catalogue import Catalogue
+from server.providers.registry import build_backends
 from server.sandbox.azure_flux import SANDBOX_AZURE_FLUX_KEY
 from server.sandbox.faults import (
     NO_FAULT,
@@ -19,6 +21,7 @@ from server.sandbox.faults import (
     strip_directives,
 )
 from server.sandbox.server import SandboxServer
+from server.settings import Settings
 
 
 def test_queue_and_latencies_are_consumed_in_order() -> None:
@@ -80,11 +83,19 @@ async def test_port_zero_base_url_and_overrides() -> None:
         async with httpx.AsyncClient() as client:
             health = await client.get(f"{sandbox.base_url}/healthz")
         assert health.text == "ok"
-        assert sandbox.settings_overrides() == {
-            "azure_flux_endpoint": sandbox.base_url,
-            "azure_flux_api_key": SANDBOX_AZURE_FLUX_KEY,
-        }
+        overrides = sandbox.settings_overrides()
+        assert overrides["azure_flux_endpoint"] == sandbox.base_url
+        assert overrides["azure_flux_api_key"] == SANDBOX_AZURE_FLUX_KEY
         assert sandbox.emulator("azure_flux") is sandbox.azure_flux
+        # The sandbox configures every backend the catalogue names.
+        catalogue_backends = {model.backend for model in Catalogue.load()}
+        backends, missing = build_backends(Settings(**overrides), catalogue_backends)
+        try:
+            assert missing == {}
+            assert set(backends) == catalogue_backends
+        finally:
+            for backend in backends.values():
+                await backend.aclose()
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient() as client:
             await client.get(f"{sandbox.base_url}/healthz")

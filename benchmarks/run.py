@@ -1,0 +1,557 @@
+"""`make bench`: run the benchmark plan and print the tables.
+
+    python -m benchmarks.run            # the full grid, a few minutes
+    python -m benchmarks.run --quick    # the target cells only, under a minute
+    python -m benchmarks.run --output results.md --json results.json
+
+Starts the emulator, service and sidecar (`benchmarks.processes.Stack`),
+then measures, in this order, each in the same run:
+
+1. The grid: upstream latency x PNG size x n x concurrency, each group of
+   cells first called directly on the emulator (the baseline), then through
+   gRPC (URL, inline) and the REST sidecar (url, b64_json).
+2. The target cells the grid lacks (REST b64_json of a 4 MiB PNG), and the
+   gRPC target cell again with a longer time box.
+3. Streaming: time to first image of `StreamGenerate` n=4 whose four
+   upstream calls take different times, against the fastest call alone.
+4. Capacity: many generations in flight at once behind a slow upstream.
+
+Every loop is bounded in requests and time; every address is 127.0.0.1.
+Progress goes to stderr, the Markdown report to stdout (and `--output`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from importlib import metadata
+from pathlib import Path
+
+from benchmarks import procstat
+from benchmarks.clients import Call, DirectClient, GrpcClient, RestClient, prompt
+from benchmarks.load import LoadResult, closed_loop, percentile
+from benchmarks.processes import Stack
+from benchmarks.report import (
+    CapacityResult,
+    CellResult,
+    StreamResult,
+    Target,
+    capacity_table,
+    grid_table,
+    stream_table,
+    target_table,
+)
+
+SERVICE_PATHS = ("grpc-url", "grpc-inline", "rest-url", "rest-b64")
+# The cells the issue sets targets on: (path, latency ms, PNG, n, concurrency).
+GRPC_TARGET = ("grpc-url", 500, "3mb", 1, 32)
+REST_TARGET = ("rest-b64", 0, "4mb", 1, 8)
+MAX_REQUESTS_PER_CELL = 5000
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to measure and for how long."""
+
+    latencies_ms: tuple[int, ...] = (0, 500)
+    noises: tuple[str, ...] = ("1mb", "3mb")
+    ns: tuple[int, ...] = (1, 4)
+    concurrencies: tuple[int, ...] = (1, 8, 32)
+    paths: tuple[str, ...] = SERVICE_PATHS
+    # Time box of each grid cell, and of the target cells.
+    duration_s: float = 1.5
+    target_duration_s: float = 5.0
+    stream_noise: str = "3mb"
+    stream_latencies_ms: tuple[int, ...] = (100, 200, 300, 400)
+    stream_requests: int = 10
+    capacity: int = 2000
+    capacity_upstream_s: float = 5.0
+    capacity_noise: str = "64kb"
+
+
+FULL = Plan()
+QUICK = Plan(
+    latencies_ms=(),
+    noises=(),
+    ns=(),
+    concurrencies=(),
+    target_duration_s=2.0,
+    stream_requests=4,
+)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Bench:
+    """Runs a `Plan` against a started `Stack`."""
+
+    def __init__(self, stack: Stack, plan: Plan) -> None:
+        self.stack = stack
+        self.plan = plan
+        self.grpc = GrpcClient(stack.grpc_target)
+        self.rest = RestClient(stack.rest_url)
+        self.direct = DirectClient(stack.emulator_url)
+        self.cells: list[CellResult] = []
+        self.streams: list[StreamResult] = []
+        self.capacity: list[CapacityResult] = []
+
+    async def close(self) -> None:
+        await self.grpc.close()
+        await self.rest.close()
+        await self.direct.close()
+
+    def _call(self, path: str, text: str, n: int) -> Call:
+        if path == "grpc-url":
+            return self.grpc.generate(text, n, inline=False)
+        if path == "grpc-inline":
+            return self.grpc.generate(text, n, inline=True)
+        if path == "rest-url":
+            return self.rest.generate(text, n, b64=False)
+        if path == "rest-b64":
+            return self.rest.generate(text, n, b64=True)
+        if path == "direct":
+            return self.direct.generate(text, n)
+        raise ValueError(path)
+
+    async def group(
+        self,
+        latency_ms: int,
+        noise: str,
+        n: int,
+        concurrency: int,
+        paths: Sequence[str],
+        duration_s: float,
+    ) -> None:
+        """The direct baseline, then each of `paths`, for one set of conditions."""
+        text = prompt(noise, latency_ms / 1000)
+        label = f"{latency_ms} ms, {noise}, n={n}, c={concurrency}"
+        # Callers spread over one upstream latency, not in lockstep waves.
+        stagger_s = latency_ms / 1000
+        baseline = await closed_loop(
+            self.direct.generate(text, n),
+            concurrency=concurrency,
+            duration_s=duration_s,
+            max_requests=MAX_REQUESTS_PER_CELL,
+            stagger_s=stagger_s,
+        )
+        self.cells.append(CellResult("direct", latency_ms, noise, n, concurrency, baseline))
+        log(f"  {label}: direct {baseline.throughput:.1f} req/s")
+        for path in paths:
+            self.stack.check_alive()
+            cell = await self.measure(path, text, n, concurrency, duration_s, stagger_s)
+            cell = replace(cell, latency_ms=latency_ms, noise=noise, baseline=baseline)
+            self.cells.append(cell)
+            await asyncio.to_thread(self.stack.clear_media)
+            log(
+                f"  {label}: {path} {cell.load.throughput:.1f} req/s, "
+                f"+{_ms(cell.added(50))} ms p50, CPU {cell.cpu_ms or 0:.2f} ms/req, "
+                f"errors {sum(cell.load.errors.values())}"
+            )
+
+    async def measure(
+        self, path: str, text: str, n: int, concurrency: int, duration_s: float, stagger_s: float
+    ) -> CellResult:
+        """One service cell: load, CPU per request and peak RSS of server and sidecar."""
+        server_pid, sidecar_pid = pids = self.stack.service_pids()
+        starts: dict[int, procstat.CpuSnapshot] = {}
+        ends: dict[int, procstat.CpuSnapshot] = {}
+        peaks: dict[int, float] = {}
+        encodings_before = dict(self.rest.encodings)
+
+        def on_start() -> None:
+            for pid in pids:
+                procstat.reset_peak(pid)
+                starts[pid] = procstat.cpu_snapshot(pid)
+
+        def on_stop() -> None:
+            for pid in pids:
+                ends[pid] = procstat.cpu_snapshot(pid)
+                peaks[pid] = procstat.peak_rss_mib(pid)
+
+        load = await closed_loop(
+            self._call(path, text, n),
+            concurrency=concurrency,
+            duration_s=duration_s,
+            max_requests=MAX_REQUESTS_PER_CELL,
+            stagger_s=stagger_s,
+            on_start=on_start,
+            on_stop=on_stop,
+        )
+        cpu = {pid: procstat.cpu_seconds_between(starts[pid], ends[pid]) for pid in pids}
+        per_request = 1000 / load.completed if load.completed else math.nan
+        encodings = {
+            k: v - encodings_before.get(k, 0)
+            for k, v in self.rest.encodings.items()
+            if v - encodings_before.get(k, 0)
+        }
+        return CellResult(
+            path,
+            0,
+            "",
+            n,
+            concurrency,
+            load,
+            cpu_ms=sum(cpu.values()) * per_request,
+            cpu_ms_server=cpu[server_pid] * per_request,
+            cpu_ms_sidecar=cpu[sidecar_pid] * per_request,
+            peak_rss_server=peaks[server_pid],
+            peak_rss_sidecar=peaks[sidecar_pid],
+            encodings=encodings,
+        )
+
+    async def grid(self) -> None:
+        """Every group of the plan's grid but the gRPC target's (see `targets`)."""
+        plan = self.plan
+        for latency in plan.latencies_ms:
+            for noise in plan.noises:
+                for n in plan.ns:
+                    for concurrency in plan.concurrencies:
+                        if (latency, noise, n, concurrency) != GRPC_TARGET[1:]:
+                            await self.group(
+                                latency, noise, n, concurrency, plan.paths, plan.duration_s
+                            )
+
+    async def targets(self) -> None:
+        """The target cells, with the longer time box: the gRPC target's whole
+        group (all four paths when the grid has that group), and REST b64_json
+        of a 4 MiB PNG."""
+        plan = self.plan
+        latency, noise, n, concurrency = GRPC_TARGET[1:]
+        in_grid = (
+            latency in plan.latencies_ms
+            and noise in plan.noises
+            and n in plan.ns
+            and concurrency in plan.concurrencies
+        )
+        paths = SERVICE_PATHS if in_grid else (GRPC_TARGET[0],)
+        await self.group(latency, noise, n, concurrency, paths, plan.target_duration_s)
+        latency, noise, n, concurrency = REST_TARGET[1:]
+        await self.group(latency, noise, n, concurrency, (REST_TARGET[0],), plan.target_duration_s)
+
+    async def stream(self) -> None:
+        """Time to first image: n=4, four calls of different latencies, URL answers."""
+        plan = self.plan
+        fastest = min(plan.stream_latencies_ms) / 1000
+        result = StreamResult(plan.stream_noise, list(plan.stream_latencies_ms))
+        direct = await closed_loop(
+            self.direct.generate(prompt(plan.stream_noise, fastest), 1),
+            concurrency=1,
+            duration_s=60,
+            max_requests=plan.stream_requests,
+        )
+        result.fastest_direct = direct.latencies
+        # Directives would override the queued latencies: none in this prompt.
+        text = prompt(plan.stream_noise, None)
+        n = len(plan.stream_latencies_ms)
+        rng = random.Random(6)
+        schedule: list[float] = []
+        for _ in range(plan.stream_requests + 1):  # one warm-up stream
+            group = [ms / 1000 for ms in plan.stream_latencies_ms]
+            rng.shuffle(group)
+            schedule.extend(group)
+        await self.direct.set_latencies(schedule)
+        try:
+            for i in range(plan.stream_requests + 1):
+                try:
+                    first, whole = await self.grpc.first_image(text, n)
+                except Exception as error:
+                    log(f"  stream failed: {type(error).__name__}: {error}")
+                    result.errors += 1
+                    continue
+                if i:
+                    result.first_image.append(first)
+                    result.whole_stream.append(whole)
+        finally:
+            await self.direct.set_latencies([])
+        self.streams.append(result)
+        log(
+            f"  stream: first image p50 {_ms(percentile(result.first_image, 50))} ms, "
+            f"fastest call {_ms(percentile(result.fastest_direct, 50))} ms"
+        )
+
+    async def hold(self) -> None:
+        """Capacity: `plan.capacity` generations at once behind a slow upstream."""
+        plan = self.plan
+        server = self.stack.service_pids()[0]
+        result = CapacityResult(plan.capacity, plan.capacity_upstream_s, plan.capacity_noise)
+        # Warm the path (connection, the emulator's noise cache) first.
+        await self.grpc.generate(prompt(plan.capacity_noise, 0), 1, inline=False)()
+        result.baseline_rss_server = procstat.rss_mib(server)
+        procstat.reset_peak(server)
+        cpu_start = procstat.cpu_snapshot(server)
+        call = self.grpc.generate(
+            prompt(plan.capacity_noise, plan.capacity_upstream_s), 1, inline=False
+        )
+        done = asyncio.Event()
+
+        async def sample() -> None:
+            while not done.is_set():
+                stats = await self.direct.stats()
+                result.max_upstream_in_flight = max(
+                    result.max_upstream_in_flight, stats["in_flight"]
+                )
+                await asyncio.sleep(0.2)
+
+        sampler = asyncio.create_task(sample())
+        started = time.perf_counter()
+        outcomes = await asyncio.gather(
+            *(call() for _ in range(plan.capacity)), return_exceptions=True
+        )
+        result.wall_s = time.perf_counter() - started
+        done.set()
+        await sampler
+        errors: dict[str, int] = {}
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                name = type(outcome).__name__
+                errors[name] = errors.get(name, 0) + 1
+        result.errors = errors
+        result.completed = plan.capacity - sum(errors.values())
+        result.peak_rss_server = procstat.peak_rss_mib(server)
+        cpu = procstat.cpu_seconds_between(cpu_start, procstat.cpu_snapshot(server))
+        result.cpu_ms = cpu * 1000 / max(1, result.completed)
+        self.capacity.append(result)
+        log(
+            f"  capacity: {result.completed}/{plan.capacity} in {result.wall_s:.1f} s, "
+            f"peak RSS {result.peak_rss_server:.0f} MiB, errors {errors}"
+        )
+
+    def target_results(self) -> list[Target]:
+        """The issue's targets, from this run's cells."""
+
+        def cell(spec: tuple[str, int, str, int, int]) -> CellResult | None:
+            path, *key = spec
+            for c in self.cells:
+                if c.path == path and list(c.key) == key:
+                    return c
+            return None
+
+        targets: list[Target] = []
+        grpc = cell(GRPC_TARGET)
+        if grpc is not None:
+            name = "gRPC n=1 3 MiB URL, 500 ms upstream, c=32"
+            targets += [
+                Target(f"{name}: service CPU per request", _nan(grpc.cpu_ms), 3, "ms", "max"),
+                Target(f"{name}: added p50", grpc.added(50) * 1000, 2, "ms", "max"),
+                Target(f"{name}: added p99", grpc.added(99) * 1000, 10, "ms", "max"),
+            ]
+        rest = cell(REST_TARGET)
+        if rest is not None:
+            name = "REST b64_json 4 MiB PNG, c=8"
+            compressed = sum(v for k, v in rest.encodings.items() if k != "identity")
+            targets += [
+                Target(
+                    f"{name}: CPU per request (server + sidecar)",
+                    _nan(rest.cpu_ms),
+                    30,
+                    "ms",
+                    "max",
+                ),
+                Target(f"{name}: throughput", rest.load.throughput, 50, "req/s", "min"),
+                Target(f"{name}: compressed responses", compressed, 0, "", "max"),
+            ]
+        for stream in self.streams:
+            gap = percentile(stream.first_image, 50) - percentile(stream.fastest_direct, 50)
+            targets.append(
+                Target(
+                    "Streaming n=4: first image after the fastest call (p50)",
+                    gap * 1000,
+                    5,
+                    "ms",
+                    "max",
+                )
+            )
+        for hold in self.capacity:
+            name = f"{hold.requested} in flight, {hold.upstream_s:g} s upstream"
+            targets += [
+                Target(f"{name}: errors", sum(hold.errors.values()), 0, "", "max"),
+                Target(f"{name}: server peak RSS", hold.peak_rss_server, 1024, "MiB", "max"),
+            ]
+        return targets
+
+    def report(self, elapsed_s: float) -> str:
+        """The whole Markdown report."""
+        parts = [
+            "## Environment",
+            "",
+            environment(elapsed_s),
+            "",
+            "## Targets",
+            "",
+            target_table(self.target_results()),
+            "",
+            "## Grid",
+            "",
+            grid_table(self.cells),
+        ]
+        if self.streams:
+            parts += ["", "## Streaming: time to first image", "", stream_table(self.streams)]
+        if self.capacity:
+            parts += ["", "## Capacity", "", capacity_table(self.capacity)]
+        return "\n".join(parts) + "\n"
+
+    def as_json(self) -> dict[str, object]:
+        def load(result: LoadResult | None) -> dict[str, object] | None:
+            if result is None:
+                return None
+            return {
+                "latencies_s": result.latencies,
+                "errors": dict(result.errors),
+                "elapsed_s": result.elapsed,
+            }
+
+        return {
+            "cells": [
+                {
+                    **{k: v for k, v in asdict(c).items() if k not in ("load", "baseline")},
+                    "load": load(c.load),
+                    "baseline": load(c.baseline),
+                }
+                for c in self.cells
+            ],
+            "streams": [asdict(s) for s in self.streams],
+            "capacity": [asdict(c) for c in self.capacity],
+            "targets": [{**asdict(t), "met": t.met} for t in self.target_results()],
+        }
+
+
+def _ms(seconds: float) -> str:
+    return "—" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment(elapsed_s: float) -> str:
+    """One paragraph: machine, versions, run time."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    packages = ", ".join(
+        f"{p} {_version(p)}" for p in ("grpcio", "protobuf", "httpx", "starlette", "uvicorn")
+    )
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {packages}; "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}; the whole run took {elapsed_s:.0f} s."
+    )
+
+
+async def run(plan: Plan, workdir: Path, phases: set[str]) -> tuple[Bench, float]:
+    started = time.perf_counter()
+    noises = {*plan.noises, plan.stream_noise, plan.capacity_noise, GRPC_TARGET[2], REST_TARGET[2]}
+    stack = Stack(workdir, workdir / "media", noise_sizes=tuple(sorted(noises)))
+    log(f"starting emulator, server and sidecar (logs in {workdir})")
+    async with stack:
+        bench = Bench(stack, plan)
+        try:
+            steps: list[tuple[str, Callable[[], object]]] = [
+                ("grid", bench.grid),
+                ("targets", bench.targets),
+                ("stream", bench.stream),
+                ("capacity", bench.hold),
+            ]
+            for name, step in steps:
+                if name in phases:
+                    log(f"{name}:")
+                    outcome = step()
+                    if asyncio.iscoroutine(outcome):
+                        await outcome
+        finally:
+            await bench.close()
+    return bench, time.perf_counter() - started
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="target cells only, short boxes")
+    parser.add_argument("--duration", type=float, help="time box of each grid cell, s")
+    parser.add_argument("--target-duration", type=float, help="time box of target cells, s")
+    parser.add_argument("--stream-requests", type=int, help="streams to time")
+    parser.add_argument("--capacity", type=int, help="generations held in flight at once")
+    parser.add_argument("--capacity-upstream-s", type=float, help="upstream latency then, s")
+    parser.add_argument("--latencies", help="grid upstream latencies, ms, e.g. 0,500")
+    parser.add_argument("--noises", help="grid PNG sizes, e.g. 1mb,3mb")
+    parser.add_argument("--ns", help="grid n values, e.g. 1,4")
+    parser.add_argument("--concurrencies", help="grid concurrencies, e.g. 1,8,32")
+    parser.add_argument("--paths", help=f"grid paths (default: {','.join(SERVICE_PATHS)})")
+    parser.add_argument(
+        "--only",
+        default="grid,targets,stream,capacity",
+        help="comma-separated phases to run (default: all)",
+    )
+    parser.add_argument("--output", type=Path, help="also write the Markdown report here")
+    parser.add_argument("--json", type=Path, help="write raw results (all latencies) here")
+    parser.add_argument("--workdir", type=Path, help="logs and stored images (default: a temp dir)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    overrides: dict[str, object] = {}
+    for flag, name in (
+        ("duration", "duration_s"),
+        ("target_duration", "target_duration_s"),
+        ("stream_requests", "stream_requests"),
+        ("capacity", "capacity"),
+        ("capacity_upstream_s", "capacity_upstream_s"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[name] = value
+    for flag, name, kind in (
+        ("latencies", "latencies_ms", int),
+        ("noises", "noises", str),
+        ("ns", "ns", int),
+        ("concurrencies", "concurrencies", int),
+        ("paths", "paths", str),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[name] = tuple(kind(v) for v in value.split(",") if v)
+    plan = replace(plan, **overrides)  # type: ignore[arg-type]
+    phases = {p.strip() for p in args.only.split(",") if p.strip()}
+    # Images are written under the work dir: tmpfs when there is one, so the
+    # figures are the service's, not this machine's disk (see BENCHMARKS.md).
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="image-bench-", dir=base) as tmp:
+        workdir = args.workdir or Path(tmp)
+        bench, elapsed = asyncio.run(run(plan, workdir, phases))
+    text = bench.report(elapsed)
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(bench.as_json(), indent=1, default=str))
+    failed = [c for c in bench.cells if c.load.errors] or [s for s in bench.streams if s.errors]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

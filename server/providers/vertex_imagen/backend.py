@@ -1,0 +1,157 @@
+"""`VertexImagenBackend`: the one PredictionService client and the call loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import google.auth
+import grpc
+from google.api_core import exceptions as api_exceptions
+from google.api_core.client_options import ClientOptions
+from google.auth import credentials as auth_credentials
+from google.auth import exceptions as auth_exceptions
+from google.cloud.aiplatform_v1 import PredictionServiceAsyncClient
+from google.cloud.aiplatform_v1.services.prediction_service.transports.grpc_asyncio import (
+    PredictionServiceGrpcAsyncIOTransport,
+)
+from google.cloud.aiplatform_v1.types import prediction_service
+from google.oauth2 import service_account
+from google.protobuf import json_format, struct_pb2
+
+from server.domain.deadline import Deadline
+from server.domain.errors import UpstreamTimeout
+from server.domain.ports import UpstreamCall, UpstreamResult
+from server.domain.retry import RetryPolicy
+from server.providers.vertex_imagen.request import request_parameters
+from server.providers.vertex_imagen.response import (
+    LOCATION_SETTING,
+    PROJECT_SETTING,
+    UPSTREAM,
+    error_for_exception,
+    parse_response,
+)
+
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
+
+def load_credentials(credentials_file: str = "") -> auth_credentials.Credentials:
+    """A service account's key from `credentials_file`, else Application
+    Default Credentials; ValueError naming the settings when neither works."""
+    try:
+        if credentials_file:
+            loaded: auth_credentials.Credentials = (
+                service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+                    credentials_file, scopes=SCOPES
+                )
+            )
+            return loaded
+        found, _ = google.auth.default(scopes=SCOPES)
+        return found
+    except (auth_exceptions.GoogleAuthError, OSError, ValueError) as error:
+        raise ValueError(
+            f"{UPSTREAM.name} has no usable credentials ({type(error).__name__}): set "
+            f"{UPSTREAM.credential_setting} to a service-account key file or configure "
+            "Application Default Credentials."
+        ) from error
+
+
+class VertexImagenBackend:
+    """`ImageBackend` for the Imagen 4 models of one Google Cloud project."""
+
+    def __init__(
+        self,
+        *,
+        project: str,
+        location: str = "us-central1",
+        api_endpoint: str = "",
+        credentials: auth_credentials.Credentials | None = None,
+        credentials_file: str = "",
+        timeout_s: float = 120.0,
+        retry: RetryPolicy | None = None,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        """`api_endpoint` is host[:port] (default `{location}-aiplatform.googleapis.com`),
+        or `http://host:port` for plaintext without credentials (the emulator).
+        `channel`, if given, is used as is and not closed by `aclose`;
+        otherwise credentials are `credentials`, else loaded from
+        `credentials_file`, else Application Default Credentials."""
+        if not project or not location:
+            raise ValueError(f"{PROJECT_SETTING} and {LOCATION_SETTING} must be set")
+        self._project = project
+        self._location = location
+        self._timeout_s = timeout_s
+        self._retry = retry or RetryPolicy()
+        self._owns_channel = channel is None
+        endpoint = api_endpoint or (
+            "aiplatform.googleapis.com"
+            if location == "global"
+            else f"{location}-aiplatform.googleapis.com"
+        )
+        plaintext = endpoint.startswith("http://")
+        endpoint = endpoint.removeprefix("http://").removeprefix("https://").rstrip("/")
+        if channel is None and plaintext:
+            channel = grpc.aio.insecure_channel(
+                endpoint,
+                # As the library's own channel: four 2K PNGs exceed gRPC's 4 MB default.
+                options=[
+                    ("grpc.max_send_message_length", -1),
+                    ("grpc.max_receive_message_length", -1),
+                ],
+            )
+        if channel is not None:
+            transport = PredictionServiceGrpcAsyncIOTransport(host=endpoint, channel=channel)
+            self._client = PredictionServiceAsyncClient(transport=transport)
+        else:
+            self._client = PredictionServiceAsyncClient(
+                credentials=credentials or load_credentials(credentials_file),
+                client_options=ClientOptions(api_endpoint=endpoint),
+            )
+
+    @property
+    def client(self) -> PredictionServiceAsyncClient:
+        """The one prediction client (for inspection)."""
+        return self._client
+
+    def model_path(self, upstream_id: str) -> str:
+        return (
+            f"projects/{self._project}/locations/{self._location}"
+            f"/publishers/google/models/{upstream_id}"
+        )
+
+    async def run(self, call: UpstreamCall, deadline: Deadline) -> UpstreamResult:
+        """One Imagen generation of `call.count` images, retried within `deadline`."""
+        upstream_id = call.model.upstream_id
+        # Built as the raw protobuf: proto-plus would turn the Values into
+        # Python objects and back.
+        raw = prediction_service.PredictRequest.pb()(
+            endpoint=self.model_path(upstream_id),
+            instances=[json_format.ParseDict({"prompt": call.prompt}, struct_pb2.Value())],
+            parameters=json_format.ParseDict(request_parameters(call), struct_pb2.Value()),
+        )
+        request = prediction_service.PredictRequest.wrap(raw)
+
+        async def attempt() -> UpstreamResult:
+            budget = deadline.cap(self._timeout_s)
+            if budget <= 0:
+                raise UpstreamTimeout(
+                    "The deadline passed before the upstream answered.",
+                    metadata={"upstream": UPSTREAM.key},
+                )
+            try:
+                response = await self._client.predict(request=request, retry=None, timeout=budget)
+            except (api_exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as error:
+                mapped = error_for_exception(error, upstream_id)
+                if deadline.expired() and not isinstance(mapped, UpstreamTimeout):
+                    raise UpstreamTimeout(
+                        f"{UPSTREAM.name} did not answer in time.",
+                        metadata={"upstream": UPSTREAM.key},
+                    ) from error
+                raise mapped from error
+            # Decoding up to four multi-megabyte images is kept off the loop.
+            return await asyncio.to_thread(parse_response, response, call.count)
+
+        return await self._retry.run(attempt, deadline)
+
+    async def aclose(self) -> None:
+        if self._owns_channel:
+            await self._client.transport.close()  # type: ignore[no-untyped-call]

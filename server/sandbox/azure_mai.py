@@ -1,0 +1,297 @@
+"""Emulator of Azure AI Foundry's MAI image route (MAI-Image-2).
+
+    POST /mai/v1/images/generations
+    api-key: <key>
+    {"model": "<deployment>", "prompt": "...", "width": 1024, "height": 1024}
+
+It checks what the upstream checks, a little more strictly where the real
+service is undocumented (so backend mistakes surface here rather than in
+production):
+
+- the `api-key` header (a Bearer header carrying the key is refused: the
+  real route wants an Entra token there); the documented route has no
+  `api-version`, and `preview` (what LiteLLM sends) is tolerated;
+- `model` names a deployment of this resource (404 `DeploymentNotFound`
+  otherwise, compared case-insensitively like Azure deployment names);
+- `prompt` is a non-empty string; `width` and `height` are integers, each
+  at least 768, at most 1,048,576 pixels together (400 with messages like
+  the upstream's `'width' must be at least 768 pixels.`). Other fields
+  (`n`, say) are ignored, as the upstream is reported to do.
+
+A success answers `{"data":[{"b64_json": <PNG>}], "usage": {...}}` with a
+rendered PNG of exactly the requested size: MAI always returns one PNG.
+
+`requests_per_minute`, when set, makes the emulator enforce a quota like
+the deployment's: requests beyond it within `rate_window_s` get a 429 with
+Retry-After (they do not consume the fault plan).
+
+Faults (`faults.FaultPlan`) answer as the upstream would. MAI's moderation
+error is undocumented; `CONTENT_FILTER` answers with the Azure OpenAI shape
+(400, `code: content_filter`, `innererror.code:
+ResponsibleAIPolicyViolation` with per-category results) for the variant
+`CONTENT_FILTER_PROMPT` (default), or the Azure image API's output refusal
+(400, `code: contentFilter`) for `CONTENT_FILTER_OUTPUT`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from server.sandbox.faults import (
+    DroppedResponse,
+    Exchange,
+    Fault,
+    FaultMode,
+    FaultPlan,
+    strip_directives,
+)
+from server.sandbox.render import render_image
+
+# A well-known sandbox credential, not a secret: it only opens the emulator.
+SANDBOX_AZURE_MAI_KEY = "sandbox-azure-mai-key"
+ROUTE = "/mai/v1/images/generations"
+DEFAULT_DEPLOYMENTS = ("MAI-Image-2",)
+API_VERSIONS = frozenset({"preview"})
+
+CONTENT_FILTER_PROMPT = "prompt"
+CONTENT_FILTER_OUTPUT = "output"
+
+MIN_SIDE = 768
+MAX_PIXELS = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Received:
+    """A request body the emulator accepted past auth, for tests to inspect.
+
+    `at` is `time.monotonic()` on arrival; `api_version` the query's, if any.
+    """
+
+    body: dict[str, Any]
+    at: float
+    api_version: str | None = None
+
+
+@dataclass(frozen=True)
+class _Job:
+    deployment: str
+    prompt: str
+    width: int
+    height: int
+
+
+class _Invalid(Exception):
+    """The body breaks the upstream's rules; the message is the 400's."""
+
+
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status, headers)
+
+
+def _side(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    if value is None:
+        raise _Invalid(f"'{key}' is required.")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"'{key}' must be an integer.")
+    if value < MIN_SIDE:
+        raise _Invalid(f"'{key}' must be at least {MIN_SIDE} pixels.")
+    return value
+
+
+def _validate(body: dict[str, Any], deployment: str) -> _Job:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise _Invalid("'prompt' is required.")
+    width, height = _side(body, "width"), _side(body, "height")
+    if width * height > MAX_PIXELS:
+        raise _Invalid(
+            f"'width' * 'height' must be at most {MAX_PIXELS} pixels; got {width * height}."
+        )
+    return _Job(deployment, prompt, width, height)
+
+
+def _render(job: _Job) -> dict[str, Any]:
+    image = render_image(
+        job.width,
+        job.height,
+        strip_directives(job.prompt),
+        label=f"sandbox {job.deployment} {job.width}x{job.height}",
+        image_format="png",
+    )
+    return {
+        "data": [{"b64_json": base64.b64encode(image).decode("ascii")}],
+        "usage": {
+            "num_input_text_tokens": len(job.prompt.split()),
+            "num_output_tokens": job.width * job.height // 256,
+        },
+    }
+
+
+def _retry_headers(seconds: float) -> dict[str, str]:
+    # Azure sends both; clients that read only Retry-After get whole seconds.
+    return {"Retry-After": str(math.ceil(seconds)), "retry-after-ms": str(round(seconds * 1000))}
+
+
+def _rate_limited(retry_after: float | None) -> Response:
+    message = "Requests to the MAI image generation operation have exceeded the rate limit."
+    headers = None
+    if retry_after is not None:
+        headers = _retry_headers(retry_after)
+        message += f" Please retry after {math.ceil(retry_after)} seconds."
+    return _error(429, "429", message, headers)
+
+
+def _fault_response(fault: Fault) -> Response:
+    if fault.mode is FaultMode.BAD_REQUEST:
+        return _error(400, "BadRequest", "The request is invalid (sandbox fault).")
+    if fault.mode is FaultMode.CONTENT_FILTER:
+        if fault.variant == CONTENT_FILTER_OUTPUT:
+            return _error(
+                400,
+                "contentFilter",
+                "Generated image was filtered as a result of our safety system.",
+            )
+        return _error(
+            400,
+            "content_filter",
+            "The response was filtered due to the prompt triggering Azure's content "
+            "management policy. Please modify your prompt and retry.",
+            param="prompt",
+            innererror={
+                "code": "ResponsibleAIPolicyViolation",
+                "content_filter_result": {
+                    "hate": {"filtered": False, "severity": "safe"},
+                    "self_harm": {"filtered": False, "severity": "safe"},
+                    "sexual": {"filtered": True, "severity": "high"},
+                    "violence": {"filtered": False, "severity": "safe"},
+                },
+            },
+        )
+    if fault.mode is FaultMode.RATE_LIMIT:
+        return _rate_limited(fault.retry_after)
+    if fault.mode is FaultMode.SERVER_ERROR:
+        return _error(
+            500, "InternalServerError", "The server had an error while processing your request."
+        )
+    if fault.mode is FaultMode.TIMEOUT:
+        return _error(504, "Timeout", "The operation timed out.")
+    if fault.mode is FaultMode.DROP_CONNECTION:
+        return DroppedResponse(
+            partial=b'{"data":[{"b64_json":"iVBORw0KGgo',
+            content_length=64 * 1024,
+            media_type="application/json",
+        )
+    raise AssertionError(f"unhandled fault {fault.mode}")
+
+
+class AzureMaiEmulator:
+    """The MAI image route of one Azure AI Foundry resource."""
+
+    name = "azure_mai"
+
+    def __init__(
+        self,
+        api_key: str = SANDBOX_AZURE_MAI_KEY,
+        *,
+        deployments: Iterable[str] = DEFAULT_DEPLOYMENTS,
+        faults: FaultPlan | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.deployments = {name.lower(): name for name in deployments}
+        self.faults = faults or FaultPlan()
+        # The deployment's quota, off by default; see the module docstring.
+        self.requests_per_minute: int | None = None
+        self.rate_window_s = 60.0
+        # Requests answered 429 by that quota (not by the fault plan).
+        self.rate_limited = 0
+        self._admitted: deque[float] = deque()
+        # The latest accepted bodies, newest last (bounded: the sandbox may
+        # run for days under `image-service dev`).
+        self.received: deque[Received] = deque(maxlen=64)
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route(ROUTE, self.faults.endpoint(self._handle), methods=["POST"])]
+
+    def settings_overrides(self, base_url: str) -> dict[str, str]:
+        """`Settings` field values that point the real backend at this emulator."""
+        return {"azure_mai_endpoint": base_url, "azure_mai_api_key": self.api_key}
+
+    def _over_quota(self) -> float | None:
+        """Seconds until the quota admits another request, or None to admit this one."""
+        if self.requests_per_minute is None:
+            return None
+        now = time.monotonic()
+        while self._admitted and self._admitted[0] <= now - self.rate_window_s:
+            self._admitted.popleft()
+        if len(self._admitted) >= self.requests_per_minute:
+            return self._admitted[0] + self.rate_window_s - now
+        self._admitted.append(now)
+        return None
+
+    async def _handle(self, request: Request, exchange: Exchange) -> Response:
+        key = request.headers.get("api-key")
+        if key is None:
+            return _error(
+                401,
+                "401",
+                "Access denied due to missing subscription key. Make sure to include "
+                "subscription key when making requests to an API.",
+            )
+        if not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+            return _error(
+                401,
+                "401",
+                "Access denied due to invalid subscription key or wrong API endpoint. "
+                "Make sure to provide a valid key for an active subscription and use a "
+                "correct regional API endpoint for your resource.",
+            )
+        version = request.query_params.get("api-version")
+        if version is not None and version not in API_VERSIONS:
+            return _error(400, "UnsupportedApiVersion", "API version not supported.")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "BadRequest", "The request body must be valid JSON.")
+        if not isinstance(body, dict):
+            return _error(400, "BadRequest", "The request body must be a JSON object.")
+        self.received.append(Received(body, time.monotonic(), version))
+        named = body.get("model")
+        if not isinstance(named, str) or not named.strip():
+            return _error(400, "BadRequest", "'model' is required.")
+        deployment = self.deployments.get(named.strip().lower())
+        if deployment is None:
+            return _error(
+                404,
+                "DeploymentNotFound",
+                "The API deployment for this resource does not exist. If you created the "
+                "deployment within the last 5 minutes, please wait a moment and try again.",
+            )
+        try:
+            job = _validate(body, deployment)
+        except _Invalid as invalid:
+            return _error(400, "BadRequest", str(invalid))
+        wait = self._over_quota()
+        if wait is not None:
+            self.rate_limited += 1
+            return _rate_limited(max(wait, 0.001))
+
+        fault = await exchange.begin(job.prompt)
+        if fault.mode is not FaultMode.NONE:
+            return _fault_response(fault)
+        return JSONResponse(await asyncio.to_thread(_render, job))
