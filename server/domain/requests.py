@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
@@ -46,6 +48,20 @@ class Size:
     @property
     def aspect(self) -> float:
         return self.width / self.height
+
+    def nearest_ratio(self, ratios: Iterable[str]) -> str:
+        """The `W:H` entry of `ratios` closest to this size's proportions.
+
+        Closeness is the distance between log ratios, so 2:1 and 1:2 are
+        equally far from 1:1 (upstreams that take an aspect-ratio enum
+        instead of pixels all snap this way).
+        """
+
+        def distance(ratio: str) -> float:
+            width, height = (int(part) for part in ratio.split(":"))
+            return abs(math.log(self.aspect) - math.log(width / height))
+
+        return min(ratios, key=distance)
 
     def __str__(self) -> str:
         return f"{self.width}x{self.height}"

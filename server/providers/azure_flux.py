@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from typing import Any
 from urllib.parse import quote
 
@@ -70,12 +69,7 @@ _FILTER_WORDS = ("content filter", "safety system", "moderat")
 
 def nearest_aspect_ratio(size: Size) -> str:
     """The entry of `ASPECT_RATIOS` closest to `size`'s proportions."""
-
-    def distance(ratio: str) -> float:
-        width, height = (int(part) for part in ratio.split(":"))
-        return abs(math.log(size.aspect) - math.log(width / height))
-
-    return min(ASPECT_RATIOS, key=distance)
+    return size.nearest_ratio(ASPECT_RATIOS)
 
 
 def pixel_size(size: Size) -> Size:

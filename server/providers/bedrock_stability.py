@@ -42,7 +42,6 @@ import base64
 import binascii
 import json
 import logging
-import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -156,12 +155,7 @@ _MISCONFIGURED = (
 
 def aspect_ratio_for(size: Size) -> str:
     """The entry of `ASPECT_RATIOS` closest to `size`'s proportions."""
-
-    def distance(ratio: str) -> float:
-        width, height = (int(part) for part in ratio.split(":"))
-        return abs(math.log(size.aspect) - math.log(width / height))
-
-    return min(ASPECT_RATIOS, key=distance)
+    return size.nearest_ratio(ASPECT_RATIOS)
 
 
 def upstream_seed(seed: int | None) -> int:

@@ -98,3 +98,18 @@ def test_inpaint_requires_a_matching_mask_and_converts_alpha_to_white() -> None:
         assert mask.mode == "L"
         assert mask.getpixel((0, 0)) == 255  # transparent in the alpha mask: edit here
         assert mask.getpixel((63, 0)) == 0
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        (Size(1024, 1024), "1:1"),
+        (Size(1792, 1024), "16:9"),
+        (Size(1024, 1792), "9:16"),
+        (Size(2048, 1024), "16:9"),  # 2:1 is nearer 16:9 than 21:9 in log distance
+        (Size(1200, 1000), "5:4"),
+    ],
+)
+def test_sizes_snap_to_the_nearest_aspect_ratio(size: Size, expected: str) -> None:
+    ratios = ("21:9", "16:9", "3:2", "4:3", "5:4", "1:1", "4:5", "3:4", "2:3", "9:16", "9:21")
+    assert size.nearest_ratio(ratios) == expected

@@ -16,7 +16,6 @@ A model's catalogue `options.sample_image_sizes` lists the tiers it has
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +54,7 @@ class ImagenOutput:
 
 def nearest_aspect_ratio(size: Size) -> str:
     """The Imagen aspect ratio closest to `size`'s proportions."""
-    return min(ASPECT_RATIOS, key=lambda r: abs(math.log(size.aspect / ASPECT_RATIOS[r])))
+    return size.nearest_ratio(ASPECT_RATIOS)
 
 
 def output_for(size: Size, tiers: Sequence[str] = TIERS) -> ImagenOutput:
