@@ -14,14 +14,14 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 import server.cli
-from server.cli import build_parser, client, main
+from server.cli import build_parser, client, files, main, output
 
 
 def parse(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(list(argv))
 
 
-def files(directory: Path) -> list[Path]:
+def saved_files(directory: Path) -> list[Path]:
     return sorted(directory.rglob("*"))
 
 
@@ -185,19 +185,19 @@ def test_get_and_models_commands_parse() -> None:
 def test_image_line_shows_index_size_and_url() -> None:
     image = pb.Image(index=2, url="http://m/x.png", width=512, height=768, stored=True)
 
-    assert client.format_image_line(image) == "image 2: 512x768 http://m/x.png"
+    assert output.format_image_line(image) == "image 2: 512x768 http://m/x.png"
 
 
 def test_image_line_for_an_unstored_image_says_inline() -> None:
     image = pb.Image(index=0, data=b"png", width=64, height=64, stored=False)
 
-    assert client.format_image_line(image) == "image 0: 64x64 inline (not stored)"
+    assert output.format_image_line(image) == "image 0: 64x64 inline (not stored)"
 
 
 def test_image_line_adds_the_revised_prompt() -> None:
     image = pb.Image(index=0, url="u", width=1, height=1, stored=True, revised_prompt="a fox, oil")
 
-    assert client.format_image_line(image).splitlines() == [
+    assert output.format_image_line(image).splitlines() == [
         "image 0: 1x1 u",
         "  revised prompt: a fox, oil",
     ]
@@ -215,7 +215,7 @@ def test_generation_record_lists_id_cost_latency_and_failures() -> None:
         ],
     )
 
-    assert client.format_generation(record).splitlines() == [
+    assert output.format_generation(record).splitlines() == [
         "generation_id  gen-0123456789abcdef",
         "model          azure/flux-2-pro",
         "operation      generate",
@@ -229,7 +229,7 @@ def test_generation_record_lists_id_cost_latency_and_failures() -> None:
 
 
 def test_generation_record_with_images_adds_request_details_and_sorted_images() -> None:
-    lines = client.format_generation(generation(), include_images=True).splitlines()
+    lines = output.format_generation(generation(), include_images=True).splitlines()
 
     assert "prompt         a red fox" in lines
     assert "size           1024x1024" in lines
@@ -262,7 +262,7 @@ def test_models_table_has_one_aligned_row_per_model() -> None:
         ),
     ]
 
-    lines = client.format_models(models).splitlines()
+    lines = output.format_models(models).splitlines()
 
     assert lines[0].split() == [
         "NAME",
@@ -297,13 +297,13 @@ def test_models_table_has_one_aligned_row_per_model() -> None:
     ],
 )
 def test_usd_amounts_drop_trailing_zeros_but_keep_cents(amount: str, shown: str) -> None:
-    assert client.format_usd(amount) == shown
+    assert output.format_usd(amount) == shown
 
 
 def test_json_keeps_proto_field_names_and_zero_values() -> None:
     image = pb.Image(index=0, url="u", stored=False, data=b"\x00\x01")
 
-    body = json.loads(client.to_json(image))
+    body = json.loads(output.to_json(image))
 
     assert body["mime_type"] == ""
     assert body["stored"] is False
@@ -314,7 +314,7 @@ def test_json_keeps_proto_field_names_and_zero_values() -> None:
 def test_stream_json_is_one_line_per_message() -> None:
     message = pb.StreamGenerateResponse(generation=generation(prompt="一只狐狸"))
 
-    text = client.to_json(message, indent=None)
+    text = output.to_json(message, indent=None)
 
     assert "\n" not in text
     assert "一只狐狸" in text
@@ -352,7 +352,7 @@ def rich_error_status() -> status_pb2.Status:
 
 
 def test_rpc_error_lists_the_status_details() -> None:
-    text = client.format_rpc_error(
+    text = output.format_rpc_error(
         grpc.StatusCode.INVALID_ARGUMENT,
         "size: must be one of the model's sizes",
         rich_error_status(),
@@ -368,7 +368,7 @@ def test_rpc_error_lists_the_status_details() -> None:
 
 
 def test_rpc_error_without_details_is_one_line() -> None:
-    text = client.format_rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused", None)
+    text = output.format_rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused", None)
 
     assert text == "error: UNAVAILABLE: connection refused"
 
@@ -388,14 +388,14 @@ def test_rich_status_is_read_from_an_aio_error() -> None:
     status = rich_error_status()
     error = aio_error(grpc.StatusCode.INVALID_ARGUMENT, status.message, status)
 
-    assert client.rich_status(error) == status
+    assert output.rich_status(error) == status
 
 
 def test_rich_status_is_none_when_absent_or_inconsistent() -> None:
     status = rich_error_status()
 
-    assert client.rich_status(aio_error(grpc.StatusCode.INTERNAL, "x", None)) is None
-    assert client.rich_status(aio_error(grpc.StatusCode.INTERNAL, status.message, status)) is None
+    assert output.rich_status(aio_error(grpc.StatusCode.INTERNAL, "x", None)) is None
+    assert output.rich_status(aio_error(grpc.StatusCode.INTERNAL, status.message, status)) is None
 
 
 @pytest.mark.parametrize(
@@ -422,16 +422,16 @@ def test_filename_uses_the_mime_type_then_the_url() -> None:
     from_url = pb.Image(index=1, url="http://m/images/x.JPG?sig=1")
     unknown = pb.Image(index=2, mime_type="image/gif", url="http://m/x")
 
-    assert client.image_filename("gen-a", png) == "gen-a-0.png"
-    assert client.image_filename("gen-a", from_url) == "gen-a-1.jpg"
-    assert client.image_filename("gen-a", unknown) == "gen-a-2.bin"
+    assert files.image_filename("gen-a", png) == "gen-a-0.png"
+    assert files.image_filename("gen-a", from_url) == "gen-a-1.jpg"
+    assert files.image_filename("gen-a", unknown) == "gen-a-2.bin"
 
 
 def test_filename_cannot_escape_the_output_directory() -> None:
     image = pb.Image(index=0, mime_type="image/png")
 
-    assert client.image_filename("../../etc/x", image) == "______etc_x-0.png"
-    assert client.image_filename("", image) == "generation-0.png"
+    assert files.image_filename("../../etc/x", image) == "______etc_x-0.png"
+    assert files.image_filename("", image) == "generation-0.png"
 
 
 def test_images_to_save_prefers_streamed_copies_with_bytes() -> None:
@@ -442,7 +442,7 @@ def test_images_to_save_prefers_streamed_copies_with_bytes() -> None:
         3: pb.Image(index=3, data=b"unstored", stored=False),
     }
 
-    images = client.images_to_save(record, streamed)
+    images = files.images_to_save(record, streamed)
 
     assert [image.index for image in images] == [0, 1, 3]
     assert images[0].data == b"inline"
@@ -455,7 +455,7 @@ async def test_save_image_writes_inline_bytes_into_a_new_directory(tmp_path: Pat
     image = pb.Image(index=1, data=b"bytes", mime_type="image/webp")
 
     async with httpx.AsyncClient() as http:
-        path = await client.save_image(out, "gen-a", image, http)
+        path = await files.save_image(out, "gen-a", image, http)
 
     assert path == out / "gen-a-1.webp"
     assert path.read_bytes() == b"bytes"
@@ -470,7 +470,7 @@ async def test_save_image_downloads_the_url(tmp_path: Path) -> None:
 
     image = pb.Image(index=0, url="http://media.test/media/images/gen-a-0.png", stored=True)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        path = await client.save_image(tmp_path, "gen-a", image, http)
+        path = await files.save_image(tmp_path, "gen-a", image, http)
 
     assert requested == ["http://media.test/media/images/gen-a-0.png"]
     assert path == tmp_path / "gen-a-0.png"
@@ -481,11 +481,11 @@ async def test_save_image_fails_on_http_errors_and_on_nothing_to_save(tmp_path: 
     transport = httpx.MockTransport(lambda request: httpx.Response(404))
     async with httpx.AsyncClient(transport=transport) as http:
         with pytest.raises(httpx.HTTPStatusError):
-            await client.save_image(tmp_path, "gen-a", pb.Image(url="http://m/a.png"), http)
+            await files.save_image(tmp_path, "gen-a", pb.Image(url="http://m/a.png"), http)
         with pytest.raises(ValueError):
-            await client.save_image(tmp_path, "gen-a", pb.Image(index=0), http)
+            await files.save_image(tmp_path, "gen-a", pb.Image(index=0), http)
 
-    assert files(tmp_path) == []
+    assert saved_files(tmp_path) == []
 
 
 async def test_save_images_saves_what_it_can_and_reports_failure(
@@ -493,7 +493,7 @@ async def test_save_images_saves_what_it_can_and_reports_failure(
 ) -> None:
     images = [pb.Image(index=0), pb.Image(index=1, data=b"ok", mime_type="image/png")]
 
-    ok = await client.save_images(tmp_path, "gen-a", images, http_timeout=5, quiet=False)
+    ok = await files.save_images(tmp_path, "gen-a", images, http_timeout=5, quiet=False)
 
     assert not ok
     assert (tmp_path / "gen-a-1.png").read_bytes() == b"ok"
