@@ -11,10 +11,13 @@ open-loop arrival rate).
   evenly spread, as independent callers' would, instead of in lockstep
   waves that measure the queue a synchronized burst builds.
 - The measured window opens once every worker is warm (`on_start` runs
-  then) and closes after `duration_s` or `max_requests` completions
-  (`on_stop` runs then). A request counts if it completes inside the window,
-  so CPU time read at `on_start` and `on_stop` divides by the requests that
-  did that work; at the edges at most the requests in flight straddle it.
+  then) and closes after `duration_s` once `min_requests` have completed
+  (but after `max_duration_s` at most), or at `max_requests` completions
+  (`on_stop` runs then), so an overloaded cell whose requests take longer
+  than the time box still has enough of them to mean something. A request
+  counts if it completes inside the window, so CPU time read at `on_start`
+  and `on_stop` divides by the requests that did that work; at the edges at
+  most the requests in flight straddle it.
 - Then no new request starts, and those in flight are awaited (bounded).
 """
 
@@ -84,15 +87,19 @@ async def _attempt(call: Call) -> str | None:
 class _Loop:
     """The shared state of one `closed_loop` run."""
 
-    def __init__(self, call: Call, concurrency: int, max_requests: int, warmup: bool) -> None:
+    def __init__(
+        self, call: Call, concurrency: int, min_requests: int, max_requests: int, warmup: bool
+    ) -> None:
         self.call = call
         self.concurrency = concurrency
+        self.min_requests = min_requests
         self.max_requests = max_requests
         self.warmup = warmup
         self.result = LoadResult(concurrency)
         self.warm = 0
         self.all_warm = asyncio.Event()
         self.enough = asyncio.Event()
+        self.minimum = asyncio.Event()
         self.open = False
         self.closed = False
 
@@ -116,7 +123,10 @@ class _Loop:
             self.result.latencies.append(seconds)
         else:
             self.result.errors[failure] += 1
-        if self.result.completed + sum(self.result.errors.values()) >= self.max_requests:
+        done = self.result.completed + sum(self.result.errors.values())
+        if done >= self.min_requests:
+            self.minimum.set()
+        if done >= self.max_requests:
             self.enough.set()
 
 
@@ -126,6 +136,8 @@ async def closed_loop(
     concurrency: int,
     duration_s: float,
     max_requests: int,
+    min_requests: int = 1,
+    max_duration_s: float | None = None,
     stagger_s: float = 0.0,
     on_start: Callable[[], object] | None = None,
     on_stop: Callable[[], object] | None = None,
@@ -139,7 +151,8 @@ async def closed_loop(
     """
     if concurrency < 1 or max_requests < 1:
         raise ValueError("concurrency and max_requests must be at least 1")
-    loop = _Loop(call, concurrency, max_requests, warmup)
+    loop = _Loop(call, concurrency, min(min_requests, max_requests), max_requests, warmup)
+    longest = max(duration_s, max_duration_s or duration_s)
     workers = [
         asyncio.create_task(loop.worker(stagger_s * i / concurrency)) for i in range(concurrency)
     ]
@@ -152,6 +165,9 @@ async def closed_loop(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration_s):
                 await loop.enough.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(longest - (time.perf_counter() - opened_at)):
+                await loop.minimum.wait()
         loop.result.elapsed = time.perf_counter() - opened_at
         loop.closed = True
         if on_stop is not None:

@@ -130,6 +130,8 @@ class Stack:
     storage_dir: Path
     # Extra IMAGE_SERVICE_* values (without the prefix) for the service and sidecar.
     settings: dict[str, str] = field(default_factory=dict)
+    # Other environment variables of the service and sidecar only.
+    service_env: dict[str, str] = field(default_factory=dict)
     noise_sizes: tuple[str, ...] = ("1mb", "3mb", "4mb")
     emulator: Child | None = None
     server: Child | None = None
@@ -182,6 +184,7 @@ class Stack:
             # Nothing fetches the URLs; they only have to be well formed.
             "IMAGE_SERVICE_LOCAL_PUBLIC_BASE_URL": f"http://{HOST}:8080/media",
             **{f"IMAGE_SERVICE_{k.upper()}": v for k, v in self.settings.items()},
+            **self.service_env,
         }
         ready = r"serving gRPC on [^\s]+:(\d+)"
         self.server = await _start(

@@ -7,8 +7,10 @@ the gRPC server and the REST sidecar with `py-spy record` (native frames
 included, idle threads excluded) meanwhile. Prints the functions that
 were on CPU most often in each process, by self time and by total time,
 and keeps the collapsed stacks (`server.txt`, `sidecar.txt`) in the work
-directory for flame graphs. Needs `py-spy` (pip install py-spy) and
-permission to ptrace the children (root, or ptrace_scope 0).
+directory for flame graphs. Idle thread-pool workers waiting on their queue
+(`_worker (concurrent/futures/thread.py:81)`) and grpc's polling threads
+(`Thread.run`) still show up: ignore them. Needs `py-spy` (pip install
+py-spy) and permission to ptrace the children (root, or ptrace_scope 0).
 """
 
 from __future__ import annotations
@@ -52,11 +54,11 @@ def summarise(collapsed: Path, top: int) -> str:
 
 
 async def profile(args: argparse.Namespace, workdir: Path) -> None:
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    py_spy: str = args.py_spy
     async with Stack(workdir, workdir / "media", noise_sizes=(args.noise,)) as stack:
         bench = Bench(stack, FULL)
         try:
-            call = bench._call(args.path, prompt(args.noise, args.latency / 1000), args.n)
+            call = bench.call_for(args.path, prompt(args.noise, args.latency / 1000), args.n)
             outputs = {
                 "server": workdir / "server.txt",
                 "sidecar": workdir / "sidecar.txt",
@@ -117,6 +119,9 @@ def main() -> None:
     parser.add_argument("--native", action="store_true", help="sample C frames too")
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
+    args.py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(args.py_spy).exists():
+        sys.exit("py-spy is not installed: .venv/bin/pip install py-spy")
     with tempfile.TemporaryDirectory(prefix="image-profile-", dir="/dev/shm") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

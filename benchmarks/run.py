@@ -57,6 +57,12 @@ SERVICE_PATHS = ("grpc-url", "grpc-inline", "rest-url", "rest-b64")
 GRPC_TARGET = ("grpc-url", 500, "3mb", 1, 32)
 REST_TARGET = ("rest-b64", 0, "4mb", 1, 8)
 MAX_REQUESTS_PER_CELL = 5000
+# A cell's window stays open past its time box until this many requests per
+# worker (and at least MIN_REQUESTS) have completed, for at most MAX_BOXES
+# time boxes.
+MIN_REQUESTS_PER_WORKER = 2
+MIN_REQUESTS = 6
+MAX_BOXES = 4
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,8 @@ class Bench:
         await self.rest.close()
         await self.direct.close()
 
-    def _call(self, path: str, text: str, n: int) -> Call:
+    def call_for(self, path: str, text: str, n: int) -> Call:
+        """The call that sends `text` asking for `n` images along `path`."""
         if path == "grpc-url":
             return self.grpc.generate(text, n, inline=False)
         if path == "grpc-inline":
@@ -144,6 +151,8 @@ class Bench:
             concurrency=concurrency,
             duration_s=duration_s,
             max_requests=MAX_REQUESTS_PER_CELL,
+            min_requests=max(MIN_REQUESTS_PER_WORKER * concurrency, MIN_REQUESTS),
+            max_duration_s=MAX_BOXES * duration_s,
             stagger_s=stagger_s,
         )
         self.cells.append(CellResult("direct", latency_ms, noise, n, concurrency, baseline))
@@ -181,10 +190,12 @@ class Bench:
                 peaks[pid] = procstat.peak_rss_mib(pid)
 
         load = await closed_loop(
-            self._call(path, text, n),
+            self.call_for(path, text, n),
             concurrency=concurrency,
             duration_s=duration_s,
             max_requests=MAX_REQUESTS_PER_CELL,
+            min_requests=max(MIN_REQUESTS_PER_WORKER * concurrency, MIN_REQUESTS),
+            max_duration_s=MAX_BOXES * duration_s,
             stagger_s=stagger_s,
             on_start=on_start,
             on_stop=on_stop,
@@ -456,16 +467,22 @@ def environment(elapsed_s: float) -> str:
     packages = ", ".join(
         f"{p} {_version(p)}" for p in ("grpcio", "protobuf", "httpx", "starlette", "uvicorn")
     )
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return (
         f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {packages}; "
-        f"{time.strftime('%Y-%m-%d %H:%M %Z')}; the whole run took {elapsed_s:.0f} s."
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}; the whole run took {elapsed_s:.0f} s; "
+        f"load average at the end {load}."
     )
 
 
-async def run(plan: Plan, workdir: Path, phases: set[str]) -> tuple[Bench, float]:
+async def run(
+    plan: Plan, workdir: Path, phases: set[str], service_env: dict[str, str]
+) -> tuple[Bench, float]:
     started = time.perf_counter()
     noises = {*plan.noises, plan.stream_noise, plan.capacity_noise, GRPC_TARGET[2], REST_TARGET[2]}
-    stack = Stack(workdir, workdir / "media", noise_sizes=tuple(sorted(noises)))
+    stack = Stack(
+        workdir, workdir / "media", noise_sizes=tuple(sorted(noises)), service_env=service_env
+    )
     log(f"starting emulator, server and sidecar (logs in {workdir})")
     async with stack:
         bench = Bench(stack, plan)
@@ -505,6 +522,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="grid,targets,stream,capacity",
         help="comma-separated phases to run (default: all)",
     )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the server and sidecar only (repeatable)",
+    )
     parser.add_argument("--output", type=Path, help="also write the Markdown report here")
     parser.add_argument("--json", type=Path, help="write raw results (all latencies) here")
     parser.add_argument("--workdir", type=Path, help="logs and stored images (default: a temp dir)")
@@ -542,7 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="image-bench-", dir=base) as tmp:
         workdir = args.workdir or Path(tmp)
-        bench, elapsed = asyncio.run(run(plan, workdir, phases))
+        service_env = dict(item.split("=", 1) for item in args.service_env)
+        bench, elapsed = asyncio.run(run(plan, workdir, phases, service_env))
     text = bench.report(elapsed)
     print(text)
     if args.output:

@@ -20,10 +20,10 @@ characters is valid JSON.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable, Mapping, Sequence
 
+import pybase64
 from chuizi.image.v1 import image_service_pb2 as pb
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -80,7 +80,7 @@ def write_image_fields(out: BodyBuilder, image: pb.Image, data: bytes, *, b64: b
     """
     if data and (b64 or not image.stored):
         out.text('"b64_json":"')
-        out.blob(base64.b64encode(data))
+        out.blob(pybase64.b64encode(data))
         out.text('"')
     else:
         out.text('"url":')

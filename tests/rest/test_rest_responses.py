@@ -37,7 +37,7 @@ def test_b64_json_items_are_the_bytes_encoded_once(monkeypatch: pytest.MonkeyPat
         calls.append(len(data))
         return real(data)
 
-    monkeypatch.setattr(responses.base64, "b64encode", counting)
+    monkeypatch.setattr(responses.pybase64, "b64encode", counting)
     generation = sample_generation(3, inline=True)
     chunks = responses.generation_chunks(generation, b64=True)
     body = json.loads(b"".join(chunks))

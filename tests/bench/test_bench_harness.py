@@ -1,0 +1,73 @@
+"""Smoke test of `make bench`'s harness: it runs end to end and reports.
+
+Not a performance test: the time boxes are a fraction of a second and no
+figure is compared with a target, only the shape of the report and the
+absence of errors.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_quick_run_reports_every_section_without_errors(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    report = tmp_path / "report.md"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--target-duration",
+            "0.3",
+            "--stream-requests",
+            "1",
+            "--capacity",
+            "20",
+            "--capacity-upstream-s",
+            "0.2",
+            "--output",
+            str(report),
+            "--json",
+            str(results),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    text = report.read_text()
+    for heading in ("## Targets", "## Grid", "## Streaming", "## Capacity"):
+        assert heading in text
+    for row in ("direct → emulator", "gRPC Generate, URL", "REST, b64_json"):
+        assert f"| {row} |" in text
+
+    data = json.loads(results.read_text())
+    cells = {
+        (c["path"], c["latency_ms"], c["noise"], c["n"], c["concurrency"]) for c in data["cells"]
+    }
+    assert ("grpc-url", 500, "3mb", 1, 32) in cells
+    assert ("rest-b64", 0, "4mb", 1, 8) in cells
+    assert ("direct", 0, "4mb", 1, 8) in cells
+    for cell in data["cells"]:
+        assert cell["load"]["errors"] == {}, cell
+        assert cell["load"]["latencies_s"], cell
+    assert [s["errors"] for s in data["streams"]] == [0]
+    assert data["capacity"][0]["completed"] == 20
+    assert data["capacity"][0]["errors"] == {}
+    assert {t["name"] for t in data["targets"]} >= {
+        "Streaming n=4: first image after the fastest call (p50)"
+    }

@@ -1,0 +1,49 @@
+"""`AsgiServer`'s listening socket: TCP_NODELAY on every connection, a deep backlog."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from server.asgi import AsgiServer, _listen
+
+
+def test_accepted_sockets_say_tcp_so_asyncio_disables_nagle() -> None:
+    listener = _listen("127.0.0.1", 0, socket.AF_INET)
+    with listener, socket.create_connection(listener.getsockname()) as client:
+        accepted, _ = listener.accept()
+        with accepted:
+            # asyncio sets TCP_NODELAY only when proto is IPPROTO_TCP.
+            assert accepted.proto == socket.IPPROTO_TCP
+            assert client.getsockname() == accepted.getpeername()
+
+
+async def test_small_answers_on_a_kept_alive_connection_are_not_held_back() -> None:
+    """Nagle plus the client's delayed ACK held every second write 40 ms."""
+
+    async def hello(request: Request) -> Response:
+        return PlainTextResponse("hello")
+
+    server = AsgiServer(Starlette(routes=[Route("/", hello)]))
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        request = f"GET / HTTP/1.1\r\nHost: {server.host}\r\n\r\n".encode()
+        loop = asyncio.get_running_loop()
+        timings = []
+        for _ in range(5):
+            started = loop.time()
+            writer.write(request)
+            await reader.readuntil(b"\r\n\r\nhello")
+            timings.append(loop.time() - started)
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.stop()
+    # Every answer after the first would take >= 40 ms with Nagle on.
+    assert sorted(timings)[2] < 0.035, timings
