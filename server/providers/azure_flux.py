@@ -24,7 +24,6 @@ and never retried.
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 from urllib.parse import quote
 
@@ -38,11 +37,11 @@ from server.domain.errors import (
     FieldViolation,
     ImageServiceError,
     InvalidArgument,
-    UpstreamUnavailable,
 )
 from server.domain.ports import ProducedImage, UpstreamCall, UpstreamResult
 from server.domain.requests import Operation, Size
 from server.domain.retry import RetryPolicy
+from server.providers.azure_images import is_filter_refusal, parse_images, unavailable
 from server.providers.base64_json import b64decode, loads_with_base64
 from server.providers.http import (
     Upstream,
@@ -63,7 +62,6 @@ PIXEL_STEP, MIN_SIDE, MAX_SIDE = 16, 256, 1440
 # Kontext on Azure takes one input image; FLUX.2 pro up to eight.
 _MAX_INPUT_IMAGES = {"aspect_ratio": 1, "pixels": 8}
 
-_FILTER_CODES = frozenset({"content_filter", "contentfilter", "responsibleaipolicyviolation"})
 _FILTER_WORDS = ("content filter", "safety system", "moderat")
 
 
@@ -135,11 +133,7 @@ def request_body(call: UpstreamCall) -> dict[str, Any]:
 
 def classify_content_filter(response: httpx.Response) -> ImageServiceError | None:
     """`ContentRejected` for an error response that names the content filter."""
-    if response.status_code not in (400, 403, 422):
-        return None
-    error = upstream_error_body(response)
-    message = error.message.lower()
-    if error.code.lower() in _FILTER_CODES or any(word in message for word in _FILTER_WORDS):
+    if is_filter_refusal(response.status_code, upstream_error_body(response), _FILTER_WORDS):
         return _content_rejected()
     return None
 
@@ -154,19 +148,6 @@ def _content_rejected(categories: list[str] | None = None) -> ContentRejected:
     )
 
 
-def _filtered_categories(item: dict[str, Any]) -> list[str]:
-    results = item.get("content_filter_results")
-    if not isinstance(results, dict):
-        return []
-    return [
-        str(name)
-        for name, verdict in results.items()
-        if isinstance(verdict, dict)
-        and verdict.get("filtered") is True
-        and str(name).isidentifier()
-    ]
-
-
 def _mime_type(data: bytes) -> str:
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"
@@ -177,9 +158,12 @@ def _mime_type(data: bytes) -> str:
     return "application/octet-stream"
 
 
-def _unavailable(message: str) -> UpstreamUnavailable:
-    # Retried: a malformed 200 is most likely a glitch on the way back.
-    return UpstreamUnavailable(message, metadata={"upstream": UPSTREAM.key})
+def _decode_image(b64: object) -> ProducedImage | None:
+    # `loads_with_base64` hands the strings over as bytes, undecoded.
+    if not isinstance(b64, bytes | memoryview) or not b64:
+        return None
+    data = b64decode(b64)
+    return ProducedImage(data=data, mime_type=_mime_type(data))
 
 
 def parse_response(response: httpx.Response) -> UpstreamResult:
@@ -187,35 +171,10 @@ def parse_response(response: httpx.Response) -> UpstreamResult:
     try:
         payload = loads_with_base64(response.content, "b64_json")
     except (ValueError, UnicodeDecodeError):
-        raise _unavailable("Azure FLUX returned an unreadable response.") from None
-    items = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(items, list) or not items:
-        raise _unavailable("Azure FLUX returned no image.")
-    images: list[ProducedImage] = []
-    filtered = 0
-    categories: list[str] = []
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        b64 = item.get("b64_json")
-        if item.get("finish_reason") == "content_filter" or (
-            not b64 and _filtered_categories(item)
-        ):
-            filtered += 1
-            categories.extend(_filtered_categories(item))
-            continue
-        if not isinstance(b64, bytes | memoryview) or not b64:
-            continue
-        try:
-            data = b64decode(b64)
-        except (binascii.Error, ValueError):
-            raise _unavailable("Azure FLUX returned a corrupt image.") from None
-        images.append(ProducedImage(data=data, mime_type=_mime_type(data)))
-    if not images:
-        if filtered:
-            raise _content_rejected(categories)
-        raise _unavailable("Azure FLUX returned no image.")
-    return UpstreamResult(images=tuple(images), filtered=filtered)
+        raise unavailable(UPSTREAM, "Azure FLUX returned an unreadable response.") from None
+    return parse_images(
+        payload, upstream=UPSTREAM, decode=_decode_image, content_rejected=_content_rejected
+    )
 
 
 class AzureFluxBackend:

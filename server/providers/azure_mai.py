@@ -26,7 +26,6 @@ never retried; a 404 naming the deployment points at the deployment setting.
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 from typing import Any
 
@@ -41,12 +40,12 @@ from server.domain.errors import (
     FieldViolation,
     ImageServiceError,
     InvalidArgument,
-    UpstreamUnavailable,
 )
 from server.domain.imaging import inspect
 from server.domain.ports import ProducedImage, UpstreamCall, UpstreamResult
 from server.domain.requests import DEFAULT_SIZE, Operation, Size
 from server.domain.retry import RetryPolicy
+from server.providers.azure_images import filtered_categories, is_filter_refusal, parse_images
 from server.providers.http import Upstream, new_client, send_with_retry, upstream_error_body
 
 UPSTREAM = Upstream(
@@ -64,7 +63,6 @@ PIXEL_STEP = 16
 # The most elongated shape with both sides >= MIN_SIDE inside MAX_PIXELS: 16:9.
 MAX_RATIO = MAX_PIXELS / MIN_SIDE**2
 
-_FILTER_CODES = frozenset({"content_filter", "contentfilter", "responsibleaipolicyviolation"})
 _FILTER_WORDS = ("content filter", "content management policy", "safety system", "moderat")
 
 
@@ -124,22 +122,10 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
-def _filtered_categories(results: Any) -> list[str]:
-    if not isinstance(results, dict):
-        return []
-    return sorted(
-        str(name)
-        for name, verdict in results.items()
-        if isinstance(verdict, dict)
-        and verdict.get("filtered") is True
-        and str(name).isidentifier()
-    )
-
-
 def _content_rejected(categories: list[str] | None = None) -> ContentRejected:
     metadata = {"upstream": UPSTREAM.key}
     if categories:
-        metadata["categories"] = ",".join(categories)
+        metadata["categories"] = ",".join(sorted(set(categories)))
     return ContentRejected(
         "Azure MAI's safety system refused the prompt or the image; rephrase and try again.",
         metadata=metadata,
@@ -164,55 +150,34 @@ def classify(response: httpx.Response) -> ImageServiceError | None:
                 "setting": DEPLOYMENT_SETTING,
             },
         )
-    if status not in (400, 403, 422):
-        return None
-    message = error.message.lower()
-    if error.code.lower() not in _FILTER_CODES and not any(w in message for w in _FILTER_WORDS):
+    if not is_filter_refusal(status, error, _FILTER_WORDS):
         return None
     payload = _json(response)
     inner = payload.get("error", {}).get("innererror") if isinstance(payload, dict) else None
     results = inner.get("content_filter_result") if isinstance(inner, dict) else None
-    return _content_rejected(_filtered_categories(results))
+    return _content_rejected(filtered_categories(results))
 
 
-def _unavailable(message: str) -> UpstreamUnavailable:
-    # Retried: a malformed 200 is most likely a glitch on the way back.
-    return UpstreamUnavailable(message, metadata={"upstream": UPSTREAM.key})
+def _decode_image(b64: object) -> ProducedImage | None:
+    if not isinstance(b64, str) or not b64:
+        return None
+    data = base64.b64decode(b64, validate=True)
+    # Raises ValueError unless the bytes are an image.
+    return ProducedImage(data=data, mime_type=inspect(data).mime_type)
 
 
 def parse_response(response: httpx.Response) -> UpstreamResult:
-    """The image of a 2xx body; a filtered item → `ContentRejected`."""
-    payload = _json(response)
-    items = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(items, list) or not items:
-        raise _unavailable("Azure MAI returned no image.")
-    images: list[ProducedImage] = []
-    filtered = 0
-    categories: list[str] = []
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        b64 = item.get("b64_json")
-        # Undocumented for MAI; the Azure OpenAI shape, in case it is used.
-        if item.get("finish_reason") == "content_filter" or (
-            not b64 and _filtered_categories(item.get("content_filter_results"))
-        ):
-            filtered += 1
-            categories.extend(_filtered_categories(item.get("content_filter_results")))
-            continue
-        if not isinstance(b64, str) or not b64:
-            continue
-        try:
-            data = base64.b64decode(b64, validate=True)
-            mime_type = inspect(data).mime_type
-        except (binascii.Error, ValueError):
-            raise _unavailable("Azure MAI returned a corrupt image.") from None
-        images.append(ProducedImage(data=data, mime_type=mime_type))
-    if not images:
-        if filtered:
-            raise _content_rejected(sorted(set(categories)))
-        raise _unavailable("Azure MAI returned no image.")
-    return UpstreamResult(images=tuple(images), filtered=filtered)
+    """The image of a 2xx body; a filtered item → `ContentRejected`.
+
+    Filtered items are undocumented for MAI; the Azure OpenAI shape is read
+    in case it is used.
+    """
+    return parse_images(
+        _json(response),
+        upstream=UPSTREAM,
+        decode=_decode_image,
+        content_rejected=_content_rejected,
+    )
 
 
 class AzureMaiBackend:

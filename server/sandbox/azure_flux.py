@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import io
 import json
 import math
@@ -47,8 +46,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from server.sandbox.azure_common import (
+    azure_error,
+    hung_or_cut,
+    invalid_key,
+    key_matches,
+    retry_headers,
+    unsupported_api_version,
+)
 from server.sandbox.faults import (
-    DroppedResponse,
     Exchange,
     Fault,
     FaultMode,
@@ -115,10 +121,6 @@ class _Job:
 
 class _Invalid(Exception):
     """The body breaks the upstream's rules; the message is the 400's."""
-
-
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
 
 
 def _int_field(body: dict[str, Any], key: str) -> int | None:
@@ -283,7 +285,7 @@ def _noise_response(model: FluxModel, job: _Job, nbytes: int) -> Response:
 
 def _fault_response(fault: Fault, model: FluxModel, job: _Job) -> Response:
     if fault.mode is FaultMode.BAD_REQUEST:
-        return _error(400, "InvalidRequest", "The request is invalid (sandbox fault).")
+        return azure_error(400, "InvalidRequest", "The request is invalid (sandbox fault).")
     if fault.mode is FaultMode.CONTENT_FILTER:
         if fault.variant == CONTENT_FILTER_FINISH_REASON:
             item = {
@@ -294,31 +296,23 @@ def _fault_response(fault: Fault, model: FluxModel, job: _Job) -> Response:
                 },
             }
             return JSONResponse({"data": [item], "request_meta": _request_meta(model, job)})
-        return _error(
+        return azure_error(
             400,
             "content_filter",
             "The request was rejected because it was flagged by the content filter.",
         )
     if fault.mode is FaultMode.RATE_LIMIT:
-        headers = {}
+        headers = None
         message = "Rate limit is exceeded."
         if fault.retry_after is not None:
-            # Azure sends both; clients that read only Retry-After get whole seconds.
-            headers["Retry-After"] = str(math.ceil(fault.retry_after))
-            headers["retry-after-ms"] = str(round(fault.retry_after * 1000))
+            headers = retry_headers(fault.retry_after)
             message += f" Try again in {math.ceil(fault.retry_after)} seconds."
-        return _error(429, "429", message, headers)
+        return azure_error(429, "429", message, headers)
     if fault.mode is FaultMode.SERVER_ERROR:
-        return _error(500, "InternalServerError", "The server had an error processing the request.")
-    if fault.mode is FaultMode.TIMEOUT:
-        return _error(504, "Timeout", "The operation timed out.")
-    if fault.mode is FaultMode.DROP_CONNECTION:
-        return DroppedResponse(
-            partial=b'{"data":[{"b64_json":"iVBORw0KGgo',
-            content_length=64 * 1024,
-            media_type="application/json",
+        return azure_error(
+            500, "InternalServerError", "The server had an error processing the request."
         )
-    raise AssertionError(f"unhandled fault {fault.mode}")
+    return hung_or_cut(fault)
 
 
 class AzureFluxEmulator:
@@ -342,43 +336,35 @@ class AzureFluxEmulator:
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode(), self.api_key.encode()
-        )
+        return scheme.lower() == "bearer" and key_matches(token, self.api_key)
 
     async def _handle(self, request: Request, exchange: Exchange) -> Response:
         if not self._authorized(request):
-            return _error(
-                401,
-                "401",
-                "Access denied due to invalid subscription key or wrong API endpoint. "
-                "Make sure to provide a valid key for an active subscription and use a "
-                "correct regional API endpoint for your resource.",
-            )
+            return invalid_key()
         version = request.query_params.get("api-version")
         if version is None:
-            return _error(
+            return azure_error(
                 400,
                 "MissingApiVersionParameter",
                 "The api-version query parameter (?api-version=) is required for all requests.",
             )
         if version not in API_VERSIONS:
-            return _error(400, "UnsupportedApiVersion", "API version not supported.")
+            return unsupported_api_version()
         model = MODELS.get(request.path_params["model_path"])
         if model is None:
-            return _error(
+            return azure_error(
                 404, "DeploymentNotFound", "The API deployment for this resource does not exist."
             )
         try:
             body = json.loads(await request.body())
         except ValueError:
-            return _error(400, "InvalidRequest", "The request body must be valid JSON.")
+            return azure_error(400, "InvalidRequest", "The request body must be valid JSON.")
         if isinstance(body, dict):
             self.received.append(Received(model.path, body))
         try:
             job = await asyncio.to_thread(_validate, model, body)
         except _Invalid as invalid:
-            return _error(400, "InvalidRequest", str(invalid))
+            return azure_error(400, "InvalidRequest", str(invalid))
 
         fault = await exchange.begin(job.prompt)
         if fault.mode is not FaultMode.NONE:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import json
 import math
 import time
@@ -50,8 +49,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from server.sandbox.azure_common import (
+    azure_error,
+    hung_or_cut,
+    invalid_key,
+    key_matches,
+    retry_headers,
+    unsupported_api_version,
+)
 from server.sandbox.faults import (
-    DroppedResponse,
     Exchange,
     Fault,
     FaultMode,
@@ -97,12 +103,6 @@ class _Invalid(Exception):
     """The body breaks the upstream's rules; the message is the 400's."""
 
 
-def _error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
-) -> Response:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status, headers)
-
-
 def _side(body: dict[str, Any], key: str) -> int:
     value = body.get(key)
     if value is None:
@@ -143,31 +143,26 @@ def _render(job: _Job) -> dict[str, Any]:
     }
 
 
-def _retry_headers(seconds: float) -> dict[str, str]:
-    # Azure sends both; clients that read only Retry-After get whole seconds.
-    return {"Retry-After": str(math.ceil(seconds)), "retry-after-ms": str(round(seconds * 1000))}
-
-
 def _rate_limited(retry_after: float | None) -> Response:
     message = "Requests to the MAI image generation operation have exceeded the rate limit."
     headers = None
     if retry_after is not None:
-        headers = _retry_headers(retry_after)
+        headers = retry_headers(retry_after)
         message += f" Please retry after {math.ceil(retry_after)} seconds."
-    return _error(429, "429", message, headers)
+    return azure_error(429, "429", message, headers)
 
 
 def _fault_response(fault: Fault) -> Response:
     if fault.mode is FaultMode.BAD_REQUEST:
-        return _error(400, "BadRequest", "The request is invalid (sandbox fault).")
+        return azure_error(400, "BadRequest", "The request is invalid (sandbox fault).")
     if fault.mode is FaultMode.CONTENT_FILTER:
         if fault.variant == CONTENT_FILTER_OUTPUT:
-            return _error(
+            return azure_error(
                 400,
                 "contentFilter",
                 "Generated image was filtered as a result of our safety system.",
             )
-        return _error(
+        return azure_error(
             400,
             "content_filter",
             "The response was filtered due to the prompt triggering Azure's content "
@@ -186,18 +181,10 @@ def _fault_response(fault: Fault) -> Response:
     if fault.mode is FaultMode.RATE_LIMIT:
         return _rate_limited(fault.retry_after)
     if fault.mode is FaultMode.SERVER_ERROR:
-        return _error(
+        return azure_error(
             500, "InternalServerError", "The server had an error while processing your request."
         )
-    if fault.mode is FaultMode.TIMEOUT:
-        return _error(504, "Timeout", "The operation timed out.")
-    if fault.mode is FaultMode.DROP_CONNECTION:
-        return DroppedResponse(
-            partial=b'{"data":[{"b64_json":"iVBORw0KGgo',
-            content_length=64 * 1024,
-            media_type="application/json",
-        )
-    raise AssertionError(f"unhandled fault {fault.mode}")
+    return hung_or_cut(fault)
 
 
 class AzureMaiEmulator:
@@ -247,36 +234,30 @@ class AzureMaiEmulator:
     async def _handle(self, request: Request, exchange: Exchange) -> Response:
         key = request.headers.get("api-key")
         if key is None:
-            return _error(
+            return azure_error(
                 401,
                 "401",
                 "Access denied due to missing subscription key. Make sure to include "
                 "subscription key when making requests to an API.",
             )
-        if not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
-            return _error(
-                401,
-                "401",
-                "Access denied due to invalid subscription key or wrong API endpoint. "
-                "Make sure to provide a valid key for an active subscription and use a "
-                "correct regional API endpoint for your resource.",
-            )
+        if not key_matches(key, self.api_key):
+            return invalid_key()
         version = request.query_params.get("api-version")
         if version is not None and version not in API_VERSIONS:
-            return _error(400, "UnsupportedApiVersion", "API version not supported.")
+            return unsupported_api_version()
         try:
             body = json.loads(await request.body())
         except ValueError:
-            return _error(400, "BadRequest", "The request body must be valid JSON.")
+            return azure_error(400, "BadRequest", "The request body must be valid JSON.")
         if not isinstance(body, dict):
-            return _error(400, "BadRequest", "The request body must be a JSON object.")
+            return azure_error(400, "BadRequest", "The request body must be a JSON object.")
         self.received.append(Received(body, time.monotonic(), version))
         named = body.get("model")
         if not isinstance(named, str) or not named.strip():
-            return _error(400, "BadRequest", "'model' is required.")
+            return azure_error(400, "BadRequest", "'model' is required.")
         deployment = self.deployments.get(named.strip().lower())
         if deployment is None:
-            return _error(
+            return azure_error(
                 404,
                 "DeploymentNotFound",
                 "The API deployment for this resource does not exist. If you created the "
@@ -285,7 +266,7 @@ class AzureMaiEmulator:
         try:
             job = _validate(body, deployment)
         except _Invalid as invalid:
-            return _error(400, "BadRequest", str(invalid))
+            return azure_error(400, "BadRequest", str(invalid))
         wait = self._over_quota()
         if wait is not None:
             self.rate_limited += 1

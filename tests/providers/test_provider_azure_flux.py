@@ -1,43 +1,28 @@
-"""AzureFluxBackend against the Azure FLUX emulator, over real sockets."""
+"""AzureFluxBackend against the Azure FLUX emulator, over real sockets: what
+only FLUX does. The failure behaviour every backend shares is in
+test_backend_contract.py."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
-import time
-from collections.abc import AsyncIterator
 
 import pytest
 from PIL import Image
-from pydantic import SecretStr
 
 from server.domain.catalogue import Catalogue, ModelSpec
 from server.domain.deadline import Deadline
-from server.domain.errors import (
-    CapabilityNotSupported,
-    ContentRejected,
-    InvalidArgument,
-    RateLimited,
-    UpstreamAuthFailed,
-    UpstreamRejected,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from server.domain.errors import CapabilityNotSupported, InvalidArgument
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
-from server.domain.retry import RetryPolicy
 from server.providers.azure_flux import AzureFluxBackend, nearest_aspect_ratio, pixel_size
-from server.sandbox.azure_flux import (
-    CONTENT_FILTER_FINISH_REASON,
-    CONTENT_FILTER_HTTP,
-    SANDBOX_AZURE_FLUX_KEY,
-)
-from server.sandbox.faults import FaultMode, FaultPlan
+from server.sandbox.faults import FaultPlan
 from server.sandbox.render import render_png
 from server.sandbox.server import SandboxServer
+from tests.providers.backends import azure_flux as make_backend
+from tests.providers.conftest import backend_fixture
 
-FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 CATALOGUE = Catalogue.load()
 KONTEXT = CATALOGUE.get("azure/flux-kontext-pro")
 FLUX2 = CATALOGUE.get("azure/flux-2-pro")
@@ -45,31 +30,11 @@ SQUARE = Size(1024, 1024)
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
-
-
-@pytest.fixture
 def faults(sandbox: SandboxServer) -> FaultPlan:
     return sandbox.azure_flux.faults
 
 
-def make_backend(sandbox: SandboxServer, key: str = SANDBOX_AZURE_FLUX_KEY) -> AzureFluxBackend:
-    return AzureFluxBackend(
-        endpoint=sandbox.base_url,
-        api_key=SecretStr(key),
-        api_version="preview",
-        timeout_s=10.0,
-        retry=FAST_RETRY,
-    )
-
-
-@pytest.fixture
-async def backend(sandbox: SandboxServer) -> AsyncIterator[AzureFluxBackend]:
-    backend = make_backend(sandbox)
-    yield backend
-    await backend.aclose()
+backend = backend_fixture(make_backend)
 
 
 def generate(
@@ -188,131 +153,6 @@ async def test_kontext_refuses_two_input_images_and_masks(backend: AzureFluxBack
         )
 
 
-async def test_wrong_key_is_auth_failure(sandbox: SandboxServer, faults: FaultPlan) -> None:
-    backend = make_backend(sandbox, key="not-the-key")
-    try:
-        with pytest.raises(UpstreamAuthFailed) as caught:
-            await backend.run(generate(), Deadline.after(5))
-    finally:
-        await backend.aclose()
-    assert "not-the-key" not in caught.value.message
-    assert "IMAGE_SERVICE_AZURE_FLUX_API_KEY" in caught.value.message
-    assert faults.stats.received == 1
-
-
-async def test_bad_request_is_rejected_without_retry(
-    backend: AzureFluxBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.BAD_REQUEST)
-    with pytest.raises(UpstreamRejected) as caught:
-        await backend.run(generate(), Deadline.after(5))
-    assert caught.value.metadata["upstream_status"] == "400"
-    assert "sandbox fault" not in caught.value.message  # the upstream body stays out
-    assert faults.stats.received == 1
-
-
-@pytest.mark.parametrize("variant", [CONTENT_FILTER_HTTP, CONTENT_FILTER_FINISH_REASON])
-async def test_content_filter_is_content_rejected_and_not_retried(
-    backend: AzureFluxBackend, faults: FaultPlan, variant: str
-) -> None:
-    faults.push(FaultMode.CONTENT_FILTER, variant=variant, times=3)
-    with pytest.raises(ContentRejected):
-        await backend.run(generate(), Deadline.after(5))
-    assert faults.stats.received == 1
-
-
-async def test_rate_limit_honours_retry_after_then_succeeds(
-    backend: AzureFluxBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.RATE_LIMIT, retry_after=0.4)
-    started = time.monotonic()
-
-    result = await backend.run(generate(), Deadline.after(10))
-
-    assert time.monotonic() - started >= 0.4
-    assert len(result.images) == 1
-    assert faults.stats.received == 2
-
-
-async def test_persistent_rate_limit_surfaces_retry_after(
-    backend: AzureFluxBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.RATE_LIMIT, retry_after=0.05, times=10)
-    with pytest.raises(RateLimited) as caught:
-        await backend.run(generate(), Deadline.after(10))
-    assert caught.value.retry_after == pytest.approx(0.05)
-    assert faults.stats.received == FAST_RETRY.attempts
-
-
-async def test_retry_after_beyond_deadline_fails_fast(
-    backend: AzureFluxBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.RATE_LIMIT, retry_after=5, times=10)
-    started = time.monotonic()
-    with pytest.raises(RateLimited) as caught:
-        await backend.run(generate(), Deadline.after(2))
-    assert time.monotonic() - started < 1.0
-    assert caught.value.retry_after == 5
-    assert faults.stats.received == 1
-
-
-async def test_server_error_is_retried(backend: AzureFluxBackend, faults: FaultPlan) -> None:
-    faults.push(FaultMode.SERVER_ERROR)
-    result = await backend.run(generate(), Deadline.after(10))
-    assert len(result.images) == 1
-    assert faults.stats.received == 2
-
-
-async def test_persistent_server_error_is_unavailable(
-    backend: AzureFluxBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.SERVER_ERROR, times=10)
-    with pytest.raises(UpstreamUnavailable):
-        await backend.run(generate(), Deadline.after(10))
-    assert faults.stats.received == FAST_RETRY.attempts
-
-
-async def test_timeout_stops_at_the_deadline(backend: AzureFluxBackend, faults: FaultPlan) -> None:
-    faults.push(FaultMode.TIMEOUT, times=10)
-    started = time.monotonic()
-    with pytest.raises(UpstreamTimeout):
-        await backend.run(generate(), Deadline.after(0.5))
-    assert 0.4 <= time.monotonic() - started < 1.5
-    # The abandoned request is not left hanging in the emulator.
-    await faults.wait_for(lambda s: s.in_flight == 0 and s.cancelled == 1)
-
-
-async def test_dropped_connection_is_retried(backend: AzureFluxBackend, faults: FaultPlan) -> None:
-    faults.push(FaultMode.DROP_CONNECTION)
-    result = await backend.run(generate(), Deadline.after(10))
-    assert len(result.images) == 1
-    assert (faults.stats.received, faults.stats.dropped) == (2, 1)
-
-
-async def test_persistent_dropped_connection_is_unavailable(
-    backend: AzureFluxBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.DROP_CONNECTION, times=10)
-    with pytest.raises(UpstreamUnavailable):
-        await backend.run(generate(), Deadline.after(10))
-    assert faults.stats.dropped == FAST_RETRY.attempts
-
-
-async def test_cancelling_the_call_cancels_the_upstream_request(
-    backend: AzureFluxBackend, faults: FaultPlan
-) -> None:
-    faults.latencies = [30.0]
-    task = asyncio.create_task(backend.run(generate(), Deadline.after(60)))
-    await faults.wait_for(lambda s: s.in_flight == 1)
-
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-    stats = await faults.wait_for(lambda s: s.in_flight == 0, within_s=2)
-    assert (stats.received, stats.cancelled, stats.completed) == (1, 1, 0)
-
-
 async def test_concurrent_calls_finish_in_latency_order(
     backend: AzureFluxBackend, faults: FaultPlan
 ) -> None:
@@ -331,14 +171,3 @@ async def test_concurrent_calls_finish_in_latency_order(
             await faults.wait_for(lambda s, n=index + 1: s.received == n)
 
     assert finished == [1, 3, 2, 0]
-
-
-async def test_prompt_directive_injects_a_fault(
-    backend: AzureFluxBackend, faults: FaultPlan
-) -> None:
-    call = UpstreamCall(
-        model=FLUX2, prompt="fox [sandbox:fault=bad_request]", size=Size(1024, 1024), count=1
-    )
-    with pytest.raises(UpstreamRejected):
-        await backend.run(call, Deadline.after(5))
-    assert faults.stats.faults[FaultMode.BAD_REQUEST] == 1

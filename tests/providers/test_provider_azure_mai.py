@@ -1,10 +1,10 @@
-"""AzureMaiBackend against the Azure MAI emulator, over real sockets."""
+"""AzureMaiBackend against the Azure MAI emulator, over real sockets: what only
+MAI does. The failure behaviour every backend shares is in
+test_backend_contract.py."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -18,15 +18,10 @@ from server.domain.errors import (
     ContentRejected,
     ImageServiceError,
     InvalidArgument,
-    RateLimited,
-    UpstreamAuthFailed,
-    UpstreamRejected,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
-from server.domain.retry import RetryPolicy
 from server.providers.azure_mai import (
     DEPLOYMENT_SETTING,
     AzureMaiBackend,
@@ -35,24 +30,14 @@ from server.providers.azure_mai import (
     produced_size,
     request_body,
 )
-from server.sandbox.azure_mai import (
-    CONTENT_FILTER_OUTPUT,
-    CONTENT_FILTER_PROMPT,
-    SANDBOX_AZURE_MAI_KEY,
-)
-from server.sandbox.faults import FaultMode, FaultPlan
+from server.sandbox.faults import FaultPlan
 from server.sandbox.server import SandboxServer
+from tests.providers.backends import azure_mai as make_backend
+from tests.providers.conftest import backend_fixture
 from tests.support.images import png, size_of
 
-FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 MAI = Catalogue.load().get("azure/mai-image-2")
 SQUARE = Size(1024, 1024)
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
 
 
 @pytest.fixture
@@ -60,29 +45,7 @@ def faults(sandbox: SandboxServer) -> FaultPlan:
     return sandbox.azure_mai.faults
 
 
-def make_backend(
-    sandbox: SandboxServer,
-    *,
-    key: str = SANDBOX_AZURE_MAI_KEY,
-    endpoint: str | None = None,
-    deployment: str = "",
-    api_version: str = "",
-) -> AzureMaiBackend:
-    return AzureMaiBackend(
-        endpoint=sandbox.base_url if endpoint is None else endpoint,
-        api_key=SecretStr(key),
-        deployment=deployment,
-        api_version=api_version,
-        timeout_s=10.0,
-        retry=FAST_RETRY,
-    )
-
-
-@pytest.fixture
-async def backend(sandbox: SandboxServer) -> AsyncIterator[AzureMaiBackend]:
-    backend = make_backend(sandbox)
-    yield backend
-    await backend.aclose()
+backend = backend_fixture(make_backend)
 
 
 def generate(
@@ -203,70 +166,9 @@ async def test_wrong_route_points_at_the_endpoint_setting(sandbox: SandboxServer
     assert caught.value.metadata["setting"] == "IMAGE_SERVICE_AZURE_MAI_ENDPOINT"
 
 
-async def test_wrong_key_is_auth_failure_without_the_key(
-    sandbox: SandboxServer, faults: FaultPlan
-) -> None:
-    backend = make_backend(sandbox, key="not-the-key")
-    try:
-        with pytest.raises(UpstreamAuthFailed) as caught:
-            await backend.run(generate(), Deadline.after(5))
-    finally:
-        await backend.aclose()
-    assert "not-the-key" not in caught.value.message
-    assert "IMAGE_SERVICE_AZURE_MAI_API_KEY" in caught.value.message
-    assert faults.stats.received == 1
-
-
 def test_malformed_endpoint_is_refused() -> None:
     with pytest.raises(ValueError):
         AzureMaiBackend(endpoint="myres.services.ai.azure.com", api_key=SecretStr("k"))
-
-
-async def test_bad_request_is_rejected_without_retry(
-    backend: AzureMaiBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.BAD_REQUEST)
-    with pytest.raises(UpstreamRejected) as caught:
-        await backend.run(generate(), Deadline.after(5))
-    assert caught.value.metadata["upstream_status"] == "400"
-    assert "sandbox fault" not in caught.value.message
-    assert faults.stats.received == 1
-
-
-@pytest.mark.parametrize(
-    ("variant", "categories"), [(CONTENT_FILTER_PROMPT, "sexual"), (CONTENT_FILTER_OUTPUT, None)]
-)
-async def test_content_filter_is_content_rejected_and_not_retried(
-    backend: AzureMaiBackend, faults: FaultPlan, variant: str, categories: str | None
-) -> None:
-    faults.push(FaultMode.CONTENT_FILTER, variant=variant, times=3)
-    with pytest.raises(ContentRejected) as caught:
-        await backend.run(generate(), Deadline.after(5))
-    assert caught.value.metadata.get("categories") == categories
-    assert faults.stats.received == 1
-
-
-async def test_rate_limit_honours_retry_after_then_succeeds(
-    backend: AzureMaiBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.RATE_LIMIT, retry_after=0.4)
-    started = time.monotonic()
-
-    result = await backend.run(generate(), Deadline.after(10))
-
-    assert time.monotonic() - started >= 0.4
-    assert len(result.images) == 1
-    assert faults.stats.received == 2
-
-
-async def test_persistent_rate_limit_surfaces_retry_after(
-    backend: AzureMaiBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.RATE_LIMIT, retry_after=0.05, times=10)
-    with pytest.raises(RateLimited) as caught:
-        await backend.run(generate(), Deadline.after(10))
-    assert caught.value.retry_after == pytest.approx(0.05)
-    assert faults.stats.received == FAST_RETRY.attempts
 
 
 async def test_the_deployment_quota_429_is_retried_after_its_wait(
@@ -281,70 +183,6 @@ async def test_the_deployment_quota_429_is_retried_after_its_wait(
 
     assert emulator.rate_limited == 1
     assert time.monotonic() - started >= 0.2
-
-
-async def test_server_error_is_retried(backend: AzureMaiBackend, faults: FaultPlan) -> None:
-    faults.push(FaultMode.SERVER_ERROR)
-    result = await backend.run(generate(), Deadline.after(10))
-    assert len(result.images) == 1
-    assert faults.stats.received == 2
-
-
-async def test_persistent_server_error_is_unavailable(
-    backend: AzureMaiBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.SERVER_ERROR, times=10)
-    with pytest.raises(UpstreamUnavailable):
-        await backend.run(generate(), Deadline.after(10))
-    assert faults.stats.received == FAST_RETRY.attempts
-
-
-async def test_timeout_stops_at_the_deadline(backend: AzureMaiBackend, faults: FaultPlan) -> None:
-    faults.push(FaultMode.TIMEOUT, times=10)
-    started = time.monotonic()
-    with pytest.raises(UpstreamTimeout):
-        await backend.run(generate(), Deadline.after(0.5))
-    assert 0.4 <= time.monotonic() - started < 1.5
-    await faults.wait_for(lambda s: s.in_flight == 0 and s.cancelled == 1)
-
-
-async def test_dropped_connection_is_retried(backend: AzureMaiBackend, faults: FaultPlan) -> None:
-    faults.push(FaultMode.DROP_CONNECTION)
-    result = await backend.run(generate(), Deadline.after(10))
-    assert len(result.images) == 1
-    assert (faults.stats.received, faults.stats.dropped) == (2, 1)
-
-
-async def test_persistent_dropped_connection_is_unavailable(
-    backend: AzureMaiBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.DROP_CONNECTION, times=10)
-    with pytest.raises(UpstreamUnavailable):
-        await backend.run(generate(), Deadline.after(10))
-    assert faults.stats.dropped == FAST_RETRY.attempts
-
-
-async def test_cancelling_the_call_cancels_the_upstream_request(
-    backend: AzureMaiBackend, faults: FaultPlan
-) -> None:
-    faults.latencies = [30.0]
-    task = asyncio.create_task(backend.run(generate(), Deadline.after(60)))
-    await faults.wait_for(lambda s: s.in_flight == 1)
-
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-    stats = await faults.wait_for(lambda s: s.in_flight == 0, within_s=2)
-    assert (stats.received, stats.cancelled, stats.completed) == (1, 1, 0)
-
-
-async def test_prompt_directive_injects_a_fault(
-    backend: AzureMaiBackend, faults: FaultPlan
-) -> None:
-    with pytest.raises(ContentRejected):
-        await backend.run(generate(prompt="fox [sandbox:fault=content_filter]"), Deadline.after(5))
-    assert faults.stats.faults[FaultMode.CONTENT_FILTER] == 1
 
 
 def _response(payload: object, status: int = 200) -> httpx.Response:

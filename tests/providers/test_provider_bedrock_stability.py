@@ -1,17 +1,17 @@
-"""BedrockStabilityBackend (boto3 `invoke_model`) against the emulator, over real sockets."""
+"""BedrockStabilityBackend (boto3 `invoke_model`) against the emulator, over real
+sockets: what only Bedrock does (its models' bodies, its error codes, boto3's
+threads and credential chain). The failure behaviour every backend shares is
+in test_backend_contract.py."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
-import logging
 import pathlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import (
     ClientError,
@@ -23,14 +23,12 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 from PIL import Image
-from pydantic import SecretStr
 
 from server.domain.catalogue import Catalogue, ModelSpec
 from server.domain.deadline import Deadline
 from server.domain.errors import (
     BackendNotConfigured,
     CapabilityNotSupported,
-    ContentRejected,
     ImageServiceError,
     InvalidArgument,
     RateLimited,
@@ -42,7 +40,6 @@ from server.domain.errors import (
 from server.domain.imaging import mask_to_grayscale
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
-from server.domain.retry import RetryPolicy
 from server.providers.bedrock_stability import (
     BedrockStabilityBackend,
     aspect_ratio_for,
@@ -54,25 +51,20 @@ from server.providers.bedrock_stability import (
 from server.providers.registry import build_backends
 from server.sandbox.bedrock_stability import (
     ACCESS_DENIED,
-    CONTENT_FILTER_INPUT,
-    CONTENT_FILTER_OUTPUT,
-    INFERENCE_ERROR,
-    MODEL_ERROR,
     MODEL_NOT_READY,
     MODEL_TIMEOUT,
     NOT_FOUND,
     QUOTA,
     SANDBOX_BEDROCK_ACCESS_KEY_ID,
-    SANDBOX_BEDROCK_REGION,
     SANDBOX_BEDROCK_SECRET_ACCESS_KEY,
-    UNAVAILABLE,
 )
 from server.sandbox.faults import FaultMode, FaultPlan
 from server.sandbox.server import SandboxServer
 from server.settings import Settings
+from tests.providers.backends import bedrock_stability as make_backend
+from tests.providers.conftest import FAST_RETRY, backend_fixture
 from tests.support.images import alpha_mask, png, size_of
 
-FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 CATALOGUE = Catalogue.load()
 SD35 = CATALOGUE.get("bedrock/stability-sd3-5-large")
 CORE = CATALOGUE.get("bedrock/stability-stable-image-core")
@@ -88,8 +80,6 @@ PRODUCED = {
     Size(1792, 1024): (1344, 768),
     Size(1024, 1792): (768, 1344),
 }
-# One session for every backend: it caches the service model botocore loads.
-SESSION = boto3.session.Session()
 _AWS_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -105,42 +95,11 @@ _AWS_ENV = (
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
-
-
-@pytest.fixture
 def faults(sandbox: SandboxServer) -> FaultPlan:
     return sandbox.bedrock_stability.faults
 
 
-def make_backend(
-    sandbox: SandboxServer,
-    *,
-    key_id: str | None = SANDBOX_BEDROCK_ACCESS_KEY_ID,
-    secret: str | None = SANDBOX_BEDROCK_SECRET_ACCESS_KEY,
-    timeout_s: float = 10.0,
-    max_connections: int = 8,
-    session: Any = SESSION,
-) -> BedrockStabilityBackend:
-    return BedrockStabilityBackend(
-        region=SANDBOX_BEDROCK_REGION,
-        endpoint_url=sandbox.base_url,
-        access_key_id=SecretStr(key_id) if key_id is not None else None,
-        secret_access_key=SecretStr(secret) if secret is not None else None,
-        timeout_s=timeout_s,
-        max_connections=max_connections,
-        retry=FAST_RETRY,
-        session=session,
-    )
-
-
-@pytest.fixture
-async def backend(sandbox: SandboxServer) -> AsyncIterator[BedrockStabilityBackend]:
-    backend = make_backend(sandbox)
-    yield backend
-    await backend.aclose()
+backend = backend_fixture(make_backend)
 
 
 def call_for(
@@ -328,84 +287,21 @@ async def test_requests_the_upstream_would_refuse_are_refused_first(
 # --- faults --------------------------------------------------------------------
 
 
-async def test_validation_exception_is_rejected_without_retry(
+async def test_model_not_ready_is_retried_as_unavailable(
     backend: BedrockStabilityBackend, faults: FaultPlan
 ) -> None:
-    faults.push(FaultMode.BAD_REQUEST, times=3)
-    with pytest.raises(UpstreamRejected) as caught:
-        await backend.run(call_for(), Deadline.after(5))
-    assert caught.value.metadata["upstream_code"] == "ValidationException"
-    assert caught.value.metadata["upstream_status"] == "400"
-    assert "sandbox fault" not in caught.value.message  # the upstream message stays out
-    assert faults.stats.received == 1
-
-
-@pytest.mark.parametrize(
-    ("variant", "filter_target"),
-    [
-        ("", "prompt"),
-        (CONTENT_FILTER_INPUT, "input image"),
-        (CONTENT_FILTER_OUTPUT, "output image"),
-    ],
-)
-async def test_content_filter_is_content_rejected_and_not_retried(
-    backend: BedrockStabilityBackend, faults: FaultPlan, variant: str, filter_target: str
-) -> None:
-    faults.push(FaultMode.CONTENT_FILTER, variant=variant, times=3)
-    with pytest.raises(ContentRejected) as caught:
-        await backend.run(call_for(), Deadline.after(5))
-    assert caught.value.metadata["filter"] == filter_target
-    assert filter_target in caught.value.message
-    assert faults.stats.received == 1
-
-
-@pytest.mark.parametrize(
-    ("mode", "variant"),
-    [
-        (FaultMode.RATE_LIMIT, ""),
-        (FaultMode.RATE_LIMIT, MODEL_NOT_READY),
-        (FaultMode.SERVER_ERROR, ""),
-        (FaultMode.SERVER_ERROR, UNAVAILABLE),
-        (FaultMode.SERVER_ERROR, MODEL_ERROR),
-        (FaultMode.SERVER_ERROR, INFERENCE_ERROR),
-        (FaultMode.DROP_CONNECTION, ""),
-    ],
-)
-async def test_transient_faults_are_retried(
-    backend: BedrockStabilityBackend, faults: FaultPlan, mode: FaultMode, variant: str
-) -> None:
-    faults.push(mode, variant=variant)
+    # A 429 that is not throttling: the model is still loading.
+    faults.push(FaultMode.RATE_LIMIT, variant=MODEL_NOT_READY)
     result = await backend.run(call_for(), Deadline.after(10))
     assert len(result.images) == 1
     assert faults.stats.received == 2
 
-
-@pytest.mark.parametrize(
-    ("mode", "variant", "error", "code"),
-    [
-        (FaultMode.RATE_LIMIT, "", RateLimited, "ThrottlingException"),
-        (FaultMode.RATE_LIMIT, MODEL_NOT_READY, UpstreamUnavailable, "ModelNotReadyException"),
-        (FaultMode.SERVER_ERROR, "", UpstreamUnavailable, "InternalServerException"),
-        (FaultMode.SERVER_ERROR, UNAVAILABLE, UpstreamUnavailable, "ServiceUnavailableException"),
-        (FaultMode.SERVER_ERROR, MODEL_ERROR, UpstreamUnavailable, "ModelErrorException"),
-        (FaultMode.SERVER_ERROR, INFERENCE_ERROR, UpstreamUnavailable, None),
-        (FaultMode.DROP_CONNECTION, "", UpstreamUnavailable, None),
-    ],
-)
-async def test_persistent_transient_faults_give_up_after_the_policy(
-    backend: BedrockStabilityBackend,
-    faults: FaultPlan,
-    mode: FaultMode,
-    variant: str,
-    error: type[ImageServiceError],
-    code: str | None,
-) -> None:
-    faults.push(mode, variant=variant, times=10)
-    with pytest.raises(error) as caught:
+    faults.push(FaultMode.RATE_LIMIT, variant=MODEL_NOT_READY, times=10)
+    with pytest.raises(UpstreamUnavailable) as caught:
         await backend.run(call_for(), Deadline.after(10))
-    assert type(caught.value) is error
-    assert caught.value.metadata.get("upstream_code") == code
-    assert faults.stats.received == FAST_RETRY.attempts
+    assert type(caught.value) is UpstreamUnavailable
+    assert caught.value.metadata["upstream_code"] == "ModelNotReadyException"
+    assert faults.stats.received == 2 + FAST_RETRY.attempts
 
 
 @pytest.mark.parametrize(
@@ -428,59 +324,6 @@ async def test_permanent_faults_are_not_retried(
     with pytest.raises(error):
         await backend.run(call_for(), Deadline.after(5))
     assert faults.stats.received == 1
-
-
-async def test_rate_limit_honours_retry_after(
-    backend: BedrockStabilityBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.RATE_LIMIT, retry_after=1)
-    started = time.monotonic()
-    result = await backend.run(call_for(), Deadline.after(10))
-    assert time.monotonic() - started >= 1
-    assert len(result.images) == 1
-
-
-async def test_timeout_stops_at_the_deadline(
-    backend: BedrockStabilityBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.TIMEOUT, times=10)
-    started = time.monotonic()
-    with pytest.raises(UpstreamTimeout):
-        await backend.run(call_for(), Deadline.after(0.5))
-    assert 0.4 <= time.monotonic() - started < 1.5
-    assert faults.stats.received == 1
-
-
-async def test_backend_timeout_bounds_each_attempt(
-    sandbox: SandboxServer, faults: FaultPlan
-) -> None:
-    backend = make_backend(sandbox, timeout_s=0.3)
-    faults.latencies = [5.0, 5.0, 5.0]
-    started = time.monotonic()
-    try:
-        with pytest.raises(UpstreamTimeout):
-            await backend.run(call_for(), Deadline.after(10))
-    finally:
-        await backend.aclose()
-    # A timed-out attempt is not retried (UpstreamTimeout is final).
-    assert time.monotonic() - started < 1.5
-    assert faults.stats.received == 1
-
-
-async def test_cancelling_stops_waiting_at_once_and_sends_nothing_more(
-    backend: BedrockStabilityBackend, faults: FaultPlan
-) -> None:
-    faults.latencies = [30.0]
-    task = asyncio.create_task(backend.run(call_for(), Deadline.after(60)))
-    await faults.wait_for(lambda s: s.in_flight == 1)
-
-    started = time.monotonic()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert time.monotonic() - started < 0.5
-    await asyncio.sleep(0.2)
-    assert (faults.stats.received, faults.stats.completed) == (1, 0)
 
 
 async def test_cancelled_call_queued_for_a_thread_never_reaches_the_upstream(
@@ -530,31 +373,7 @@ async def test_calls_run_concurrently_off_the_event_loop(
     assert ticks >= elapsed / 0.02 * 0.5  # the loop kept running meanwhile
 
 
-async def test_prompt_directive_injects_a_fault(
-    backend: BedrockStabilityBackend, faults: FaultPlan
-) -> None:
-    with pytest.raises(ContentRejected):
-        await backend.run(call_for(prompt="fox [sandbox:fault=content_filter]"), Deadline.after(5))
-    assert faults.stats.faults[FaultMode.CONTENT_FILTER] == 1
-
-
 # --- credentials ---------------------------------------------------------------
-
-
-async def test_wrong_secret_is_auth_failure_and_never_logged(
-    sandbox: SandboxServer, faults: FaultPlan, caplog: pytest.LogCaptureFixture
-) -> None:
-    backend = make_backend(sandbox, secret="not-the-sandbox-secret")
-    try:
-        with caplog.at_level(logging.DEBUG), pytest.raises(UpstreamAuthFailed) as caught:
-            await backend.run(call_for(), Deadline.after(5))
-    finally:
-        await backend.aclose()
-    assert caught.value.metadata["upstream_code"] == "InvalidSignatureException"
-    assert "not-the-sandbox-secret" not in caught.value.message
-    assert "not-the-sandbox-secret" not in caplog.text
-    assert caught.value.__cause__ is None and caught.value.__context__ is None
-    assert faults.stats.received == 1
 
 
 @pytest.fixture

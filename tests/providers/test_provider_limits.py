@@ -6,33 +6,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 
 import pytest
-from pydantic import SecretStr
 
 from server.domain.catalogue import Catalogue, ModelSpec
 from server.domain.deadline import Deadline
 from server.domain.errors import RateLimited
 from server.domain.ports import UpstreamCall, UpstreamResult
 from server.domain.requests import Size
-from server.domain.retry import RetryPolicy
 from server.providers.azure_mai import AzureMaiBackend
 from server.providers.limits import LimitedBackend, limited
 from server.providers.registry import backend_limits, build_backends
-from server.sandbox.azure_mai import SANDBOX_AZURE_MAI_KEY, AzureMaiEmulator
+from server.sandbox.azure_mai import AzureMaiEmulator
 from server.sandbox.server import SandboxServer
 from server.settings import Settings
+from tests.providers.backends import azure_mai
+from tests.providers.conftest import backend_fixture
 
-FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 MAI = Catalogue.load().get("azure/mai-image-2")
 BACKEND_KEYS = ("azure_flux", "azure_mai", "vertex_imagen", "bailian_wan", "bedrock_stability")
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
 
 
 @pytest.fixture
@@ -40,16 +32,7 @@ def emulator(sandbox: SandboxServer) -> AzureMaiEmulator:
     return sandbox.azure_mai
 
 
-@pytest.fixture
-async def mai(sandbox: SandboxServer) -> AsyncIterator[AzureMaiBackend]:
-    backend = AzureMaiBackend(
-        endpoint=sandbox.base_url,
-        api_key=SecretStr(SANDBOX_AZURE_MAI_KEY),
-        timeout_s=10.0,
-        retry=FAST_RETRY,
-    )
-    yield backend
-    await backend.aclose()
+mai = backend_fixture(azure_mai)
 
 
 def call(model: ModelSpec = MAI, seed: int = 0) -> UpstreamCall:

@@ -1,15 +1,14 @@
 """VertexImagenBackend, the real aiplatform_v1 client, against the Vertex
-Imagen emulator over real sockets."""
+Imagen emulator over real sockets: what only Vertex does (Imagen's sizes and
+parameters, its partial filtering, gRPC status mapping, Google credentials).
+The failure behaviour every backend shares is in test_backend_contract.py."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
 import pathlib
-import time
-from collections.abc import AsyncIterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -34,7 +33,6 @@ from server.domain.errors import (
 )
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
-from server.domain.retry import RetryPolicy
 from server.providers.registry import build_backends
 from server.providers.vertex_imagen import (
     PIXELS,
@@ -45,17 +43,12 @@ from server.providers.vertex_imagen import (
 )
 from server.sandbox.faults import FaultMode, FaultPlan
 from server.sandbox.server import SandboxServer
-from server.sandbox.vertex_imagen import (
-    CONTENT_FILTER_ALL,
-    CONTENT_FILTER_PARTIAL,
-    CONTENT_FILTER_PROMPT,
-    CONTENT_FILTER_SILENT,
-    SERVER_ERROR_UNAVAILABLE,
-)
+from server.sandbox.vertex_imagen import CONTENT_FILTER_PARTIAL, CONTENT_FILTER_SILENT
 from server.settings import Settings
+from tests.providers.backends import vertex_imagen as make_backend
+from tests.providers.conftest import backend_fixture
 from tests.support.images import size_of
 
-FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 CATALOGUE = Catalogue.load()
 STANDARD = CATALOGUE.get("google/imagen-4.0")
 FAST = CATALOGUE.get("google/imagen-4.0-fast")
@@ -72,32 +65,11 @@ PRODUCED = {
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
-
-
-@pytest.fixture
 def faults(sandbox: SandboxServer) -> FaultPlan:
     return sandbox.vertex_imagen.faults
 
 
-def make_backend(sandbox: SandboxServer, **changes: str) -> VertexImagenBackend:
-    overrides = sandbox.vertex_imagen.settings_overrides(sandbox.base_url)
-    return VertexImagenBackend(
-        project=changes.get("project", overrides["vertex_project"]),
-        location=overrides["vertex_location"],
-        api_endpoint=overrides["vertex_api_endpoint"],
-        timeout_s=10.0,
-        retry=FAST_RETRY,
-    )
-
-
-@pytest.fixture
-async def backend(sandbox: SandboxServer) -> AsyncIterator[VertexImagenBackend]:
-    backend = make_backend(sandbox)
-    yield backend
-    await backend.aclose()
+backend = backend_fixture(make_backend)
 
 
 def call(
@@ -217,156 +189,6 @@ async def test_silently_dropped_images_count_as_filtered(
     assert (len(result.images), result.filtered) == (2, 2)
 
 
-@pytest.mark.parametrize("variant", [CONTENT_FILTER_PROMPT, CONTENT_FILTER_ALL, ""])
-async def test_refusals_are_content_rejected_and_not_retried(
-    backend: VertexImagenBackend, faults: FaultPlan, variant: str
-) -> None:
-    faults.push(FaultMode.CONTENT_FILTER, variant=variant, times=3)
-    with pytest.raises(ContentRejected) as caught:
-        await backend.run(call(count=4), Deadline.after(5))
-    assert faults.stats.received == 1
-    assert caught.value.metadata["upstream"] == "vertex_imagen"
-    assert caught.value.metadata["support_codes"].isdigit()
-    assert "Support codes" not in caught.value.message  # Google's text stays out
-
-
-async def test_bad_request_is_rejected_without_retry(
-    backend: VertexImagenBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.BAD_REQUEST, times=3)
-    with pytest.raises(UpstreamRejected) as caught:
-        await backend.run(call(), Deadline.after(5))
-    assert caught.value.metadata["upstream_status"] == "INVALID_ARGUMENT"
-    assert "sandbox fault" not in caught.value.message
-    assert faults.stats.received == 1
-
-
-async def test_rate_limit_honours_retry_info_then_succeeds(
-    backend: VertexImagenBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.RATE_LIMIT, retry_after=0.4)
-    started = time.monotonic()
-
-    result = await backend.run(call(), Deadline.after(10))
-
-    assert time.monotonic() - started >= 0.4
-    assert len(result.images) == 1
-    assert faults.stats.received == 2
-
-
-async def test_persistent_rate_limit_surfaces_retry_info(
-    backend: VertexImagenBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.RATE_LIMIT, retry_after=0.05, times=10)
-    with pytest.raises(RateLimited) as caught:
-        await backend.run(call(), Deadline.after(10))
-    assert caught.value.retry_after == pytest.approx(0.05)
-    assert caught.value.metadata["upstream_code"] == "RATE_LIMIT_EXCEEDED"
-    assert faults.stats.received == FAST_RETRY.attempts
-
-
-async def test_retry_info_beyond_the_deadline_fails_fast(
-    backend: VertexImagenBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.RATE_LIMIT, retry_after=5, times=10)
-    started = time.monotonic()
-    with pytest.raises(RateLimited) as caught:
-        await backend.run(call(), Deadline.after(2))
-    assert time.monotonic() - started < 1.0
-    assert caught.value.retry_after == 5
-    assert faults.stats.received == 1
-
-
-@pytest.mark.parametrize("variant", ["", SERVER_ERROR_UNAVAILABLE])
-async def test_server_errors_are_retried(
-    backend: VertexImagenBackend, faults: FaultPlan, variant: str
-) -> None:
-    faults.push(FaultMode.SERVER_ERROR, variant=variant)
-    result = await backend.run(call(), Deadline.after(10))
-    assert len(result.images) == 1
-    assert faults.stats.received == 2
-
-    faults.push(FaultMode.SERVER_ERROR, variant=variant, times=10)
-    with pytest.raises(UpstreamUnavailable):
-        await backend.run(call(), Deadline.after(10))
-    assert faults.stats.received == 2 + FAST_RETRY.attempts
-
-
-async def test_timeout_stops_at_the_deadline(
-    backend: VertexImagenBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.TIMEOUT, times=10)
-    started = time.monotonic()
-    with pytest.raises(UpstreamTimeout):
-        await backend.run(call(), Deadline.after(0.5))
-    assert 0.4 <= time.monotonic() - started < 1.5
-    # The abandoned call is not left hanging in the emulator.
-    await faults.wait_for(lambda s: s.in_flight == 0 and s.cancelled == 1)
-
-
-async def test_per_attempt_timeout_bounds_each_call(
-    sandbox: SandboxServer, faults: FaultPlan
-) -> None:
-    overrides = sandbox.vertex_imagen.settings_overrides(sandbox.base_url)
-    backend = VertexImagenBackend(
-        project=overrides["vertex_project"],
-        api_endpoint=overrides["vertex_api_endpoint"],
-        timeout_s=0.3,
-        retry=FAST_RETRY,
-    )
-    faults.push(FaultMode.TIMEOUT)
-    started = time.monotonic()
-    try:
-        with pytest.raises(UpstreamTimeout):
-            await backend.run(call(), Deadline.after(30))
-    finally:
-        await backend.aclose()
-    assert time.monotonic() - started < 1.5
-
-
-async def test_dropped_connection_is_retried(
-    backend: VertexImagenBackend, faults: FaultPlan
-) -> None:
-    faults.push(FaultMode.DROP_CONNECTION)
-    result = await backend.run(call(), Deadline.after(10))
-    assert len(result.images) == 1
-    # gRPC notices the cut connection on its side a moment later.
-    stats = await faults.wait_for(lambda s: s.in_flight == 0)
-    assert (stats.received, stats.dropped) == (2, 1)
-
-    faults.push(FaultMode.DROP_CONNECTION, times=10)
-    with pytest.raises(UpstreamUnavailable):
-        await backend.run(call(), Deadline.after(10))
-    stats = await faults.wait_for(lambda s: s.in_flight == 0)
-    assert stats.dropped == 1 + FAST_RETRY.attempts
-
-
-async def test_cancelling_the_call_cancels_the_upstream_request(
-    backend: VertexImagenBackend, faults: FaultPlan
-) -> None:
-    faults.latencies = [30.0]
-    task = asyncio.create_task(backend.run(call(count=4), Deadline.after(60)))
-    await faults.wait_for(lambda s: s.in_flight == 1)
-
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-    stats = await faults.wait_for(lambda s: s.in_flight == 0, within_s=2)
-    assert (stats.received, stats.cancelled, stats.completed) == (1, 1, 0)
-
-
-async def test_missing_credentials_are_an_auth_failure(
-    backend: VertexImagenBackend, sandbox: SandboxServer
-) -> None:
-    sandbox.vertex_imagen.require_auth = True
-    with pytest.raises(UpstreamAuthFailed) as caught:
-        await backend.run(call(), Deadline.after(5))
-    assert "IMAGE_SERVICE_VERTEX_CREDENTIALS_FILE" in caught.value.message
-    assert caught.value.metadata["upstream_status"] == "UNAUTHENTICATED"
-    assert sandbox.vertex_imagen.faults.stats.received == 1
-
-
 async def test_a_project_without_access_is_an_auth_failure(sandbox: SandboxServer) -> None:
     backend = make_backend(sandbox, project="not-our-project")
     try:
@@ -385,15 +207,6 @@ async def test_an_unknown_model_is_a_configuration_problem(
     with pytest.raises(BackendNotConfigured) as caught:
         await backend.run(call(retired), Deadline.after(5))
     assert caught.value.metadata["setting"] == "IMAGE_SERVICE_VERTEX_LOCATION"
-
-
-async def test_prompt_directive_reaches_the_emulator(
-    backend: VertexImagenBackend, faults: FaultPlan
-) -> None:
-    prompt = "fox [sandbox:fault=bad_request]"
-    with pytest.raises(UpstreamRejected):
-        await backend.run(call(prompt=prompt), Deadline.after(5))
-    assert faults.stats.faults[FaultMode.BAD_REQUEST] == 1
 
 
 def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:

@@ -38,7 +38,7 @@ FORBIDDEN_IN_DOMAIN = (
     "server.cli",
 )
 # Modules shared by several providers (not backends themselves).
-SHARED_PROVIDER_MODULES = {"http", "registry", "limits", "base64_json", "__init__"}
+SHARED_PROVIDER_MODULES = {"http", "registry", "limits", "base64_json", "azure_images", "__init__"}
 
 
 def _imports(path: pathlib.Path) -> set[str]:

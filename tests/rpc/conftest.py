@@ -5,54 +5,13 @@ from __future__ import annotations
 import pathlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import pytest
-from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 from google.rpc import error_details_pb2, status_pb2
-from starlette.applications import Starlette
 
-from server.app import GrpcService, create_grpc_service
-from server.asgi import AsgiServer
 from server.sandbox.server import SandboxServer
-from server.settings import Settings
-from server.storage.media_http import media_mount
-
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-]
-
-
-@dataclass
-class Stack:
-    """Everything a test needs to drive and observe the running service."""
-
-    service: GrpcService
-    sandbox: SandboxServer
-    media: AsgiServer
-    stub: pb_grpc.ImageServiceStub
-    channel: grpc.aio.Channel
-    target: str
-    media_dir: pathlib.Path
-
-
-def settings_for(
-    sandbox: SandboxServer, media_dir: pathlib.Path, media_url: str, **changes: Any
-) -> Settings:
-    values: dict[str, Any] = {
-        **sandbox.settings_overrides(),
-        "grpc_host": "127.0.0.1",
-        "grpc_port": 0,
-        "local_storage_dir": media_dir,
-        "local_public_base_url": media_url,
-        "upstream_backoff_base_s": 0.01,
-        "upstream_backoff_max_s": 0.05,
-        "shutdown_grace_s": 1.0,
-    }
-    values.update(changes)
-    return Settings(**values)
+from tests.rpc.stacks import Stack, running_stack
 
 
 @pytest.fixture
@@ -63,21 +22,8 @@ async def sandbox() -> AsyncIterator[SandboxServer]:
 
 @pytest.fixture
 async def stack(sandbox: SandboxServer, tmp_path: pathlib.Path) -> AsyncIterator[Stack]:
-    media_dir = tmp_path / "media"
-    media = AsgiServer(Starlette(routes=[media_mount(media_dir)]))
-    await media.start()
-    service = await create_grpc_service(settings_for(sandbox, media_dir, f"{media.base_url}/media"))
-    await service.start()
-    target = f"127.0.0.1:{service.port}"
-    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-    try:
-        yield Stack(
-            service, sandbox, media, pb_grpc.ImageServiceStub(channel), channel, target, media_dir
-        )
-    finally:
-        await channel.close()
-        await service.stop(0)
-        await media.stop()
+    async with running_stack(sandbox, tmp_path) as running:
+        yield running
 
 
 @dataclass

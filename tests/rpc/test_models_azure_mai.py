@@ -4,50 +4,19 @@ emulator, over real sockets, including the per-backend limits from settings."""
 from __future__ import annotations
 
 import pathlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 import pytest
 from chuizi.image.v1 import image_service_pb2 as pb
-from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
-from starlette.applications import Starlette
 
-from server.app import create_grpc_service
-from server.asgi import AsgiServer
-from server.sandbox.azure_mai import CONTENT_FILTER_OUTPUT, CONTENT_FILTER_PROMPT
 from server.sandbox.faults import FaultMode
 from server.sandbox.server import SandboxServer
-from server.storage.media_http import media_mount
-from tests.rpc.conftest import CHANNEL_OPTIONS, ErrorDetails, Stack, details_of, settings_for
+from tests.rpc.conftest import ErrorDetails, Stack, details_of
+from tests.rpc.stacks import running_stack
 from tests.support.images import size_of
 
 MAI = "azure/mai-image-2"
-
-
-@asynccontextmanager
-async def running_stack(
-    sandbox: SandboxServer, tmp_path: pathlib.Path, **changes: Any
-) -> AsyncIterator[Stack]:
-    """Like the shared `stack` fixture, with settings changed."""
-    media_dir = tmp_path / "media"
-    media = AsgiServer(Starlette(routes=[media_mount(media_dir)]))
-    await media.start()
-    service = await create_grpc_service(
-        settings_for(sandbox, media_dir, f"{media.base_url}/media", **changes)
-    )
-    await service.start()
-    target = f"127.0.0.1:{service.port}"
-    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-    try:
-        yield Stack(
-            service, sandbox, media, pb_grpc.ImageServiceStub(channel), channel, target, media_dir
-        )
-    finally:
-        await channel.close()
-        await service.stop(0)
-        await media.stop()
 
 
 async def failure(stack: Stack, **fields: Any) -> ErrorDetails:
@@ -103,41 +72,6 @@ async def test_2048_is_refused_naming_size_and_what_mai_offers(stack: Stack) -> 
     assert field == "size"
     assert "1024x1024" in description and "1792x1024" in description
     assert stack.sandbox.azure_mai.faults.stats.received == 0
-
-
-@pytest.mark.parametrize(
-    ("mode", "variant", "code", "reason"),
-    [
-        (FaultMode.BAD_REQUEST, "", "INVALID_ARGUMENT", "UPSTREAM_INVALID_REQUEST"),
-        (
-            FaultMode.CONTENT_FILTER,
-            CONTENT_FILTER_PROMPT,
-            "INVALID_ARGUMENT",
-            "CONTENT_POLICY_VIOLATION",
-        ),
-        (
-            FaultMode.CONTENT_FILTER,
-            CONTENT_FILTER_OUTPUT,
-            "INVALID_ARGUMENT",
-            "CONTENT_POLICY_VIOLATION",
-        ),
-        (FaultMode.RATE_LIMIT, "", "RESOURCE_EXHAUSTED", "UPSTREAM_RATE_LIMITED"),
-        (FaultMode.SERVER_ERROR, "", "UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
-        (FaultMode.DROP_CONNECTION, "", "UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
-    ],
-)
-async def test_each_fault_maps_to_its_code_and_reason(
-    stack: Stack, mode: FaultMode, variant: str, code: str, reason: str
-) -> None:
-    plan = stack.sandbox.azure_mai.faults
-    plan.push(mode, variant=variant, retry_after=0.05, times=10)
-    details = await failure(stack)
-    assert (details.code, details.reason) == (getattr(grpc.StatusCode, code), reason)
-    assert "sandbox" not in details.message.lower() and "://" not in details.message
-    refusal = mode in (FaultMode.BAD_REQUEST, FaultMode.CONTENT_FILTER)
-    assert plan.stats.received == (1 if refusal else 4)
-    if mode is FaultMode.RATE_LIMIT:
-        assert details.retry_delay_s is not None and details.retry_delay_s > 0
 
 
 async def test_timeout_is_deadline_exceeded_and_stops_the_upstream_call(

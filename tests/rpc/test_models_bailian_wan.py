@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
 from typing import Any
 
@@ -15,17 +15,13 @@ import grpc
 import httpx
 import pytest
 from chuizi.image.v1 import image_service_pb2 as pb
-from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
-from starlette.applications import Starlette
 
-from server.app import create_grpc_service
-from server.asgi import AsgiServer
-from server.sandbox.bailian_wan import CANCELED, IN_TASK, PARTIAL, BailianWanEmulator
+from server.sandbox.bailian_wan import CANCELED, PARTIAL, BailianWanEmulator
 from server.sandbox.faults import FaultMode
 from server.sandbox.render import render_png
 from server.sandbox.server import SandboxServer
-from server.storage.media_http import media_mount
-from tests.rpc.conftest import CHANNEL_OPTIONS, ErrorDetails, Stack, details_of, settings_for
+from tests.rpc.conftest import ErrorDetails, Stack, details_of
+from tests.rpc.stacks import running_stack
 from tests.support.images import size_of
 
 WAN = "bailian/wan2.7-image"
@@ -34,34 +30,16 @@ PRICES = {WAN: Decimal("0.03"), WAN_PRO: Decimal("0.05")}
 FAST_POLLING = {"bailian_poll_initial_s": 0.01, "bailian_poll_max_s": 0.05}
 
 
-@asynccontextmanager
-async def running_stack(
+def wan_running_stack(
     sandbox: SandboxServer, tmp_path: pathlib.Path, **changes: Any
-) -> AsyncIterator[Stack]:
+) -> AbstractAsyncContextManager[Stack]:
     """The service over the sandbox, with fast Wan polling and `changes`."""
-    media_dir = tmp_path / "media"
-    media = AsgiServer(Starlette(routes=[media_mount(media_dir)]))
-    await media.start()
-    settings = settings_for(
-        sandbox, media_dir, f"{media.base_url}/media", **{**FAST_POLLING, **changes}
-    )
-    service = await create_grpc_service(settings)
-    await service.start()
-    target = f"127.0.0.1:{service.port}"
-    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-    try:
-        yield Stack(
-            service, sandbox, media, pb_grpc.ImageServiceStub(channel), channel, target, media_dir
-        )
-    finally:
-        await channel.close()
-        await service.stop(0)
-        await media.stop()
+    return running_stack(sandbox, tmp_path, **{**FAST_POLLING, **changes})
 
 
 @pytest.fixture
 async def wan_stack(sandbox: SandboxServer, tmp_path: pathlib.Path) -> AsyncIterator[Stack]:
-    async with running_stack(sandbox, tmp_path) as stack:
+    async with wan_running_stack(sandbox, tmp_path) as stack:
         yield stack
 
 
@@ -146,48 +124,11 @@ async def test_prompt_edit(wan_stack: Stack, model: str) -> None:
     assert emulator_of(wan_stack).stats.submits == 1
 
 
-@pytest.mark.parametrize(
-    ("mode", "variant", "code", "reason"),
-    [
-        (FaultMode.BAD_REQUEST, "", "INVALID_ARGUMENT", "UPSTREAM_INVALID_REQUEST"),
-        (FaultMode.BAD_REQUEST, IN_TASK, "INVALID_ARGUMENT", "UPSTREAM_INVALID_REQUEST"),
-        (FaultMode.CONTENT_FILTER, "", "INVALID_ARGUMENT", "CONTENT_POLICY_VIOLATION"),
-        (FaultMode.CONTENT_FILTER, IN_TASK, "INVALID_ARGUMENT", "CONTENT_POLICY_VIOLATION"),
-        (FaultMode.RATE_LIMIT, "", "RESOURCE_EXHAUSTED", "UPSTREAM_RATE_LIMITED"),
-        (FaultMode.SERVER_ERROR, "", "UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
-        (FaultMode.SERVER_ERROR, IN_TASK, "UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
-        (FaultMode.DROP_CONNECTION, "", "UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
-    ],
-)
-async def test_fault_modes_map_to_codes_and_reasons(
-    wan_stack: Stack, mode: FaultMode, variant: str, code: str, reason: str
-) -> None:
-    emulator_of(wan_stack).faults.push(mode, variant=variant, times=10)
-    details = await failure(wan_stack)
-    assert (details.code.name, details.reason) == (code, reason)
-    assert details.metadata["upstream"] == "bailian_wan"
-    if reason == "CONTENT_POLICY_VIOLATION":
-        assert details.metadata["upstream_code"] == "DataInspectionFailed"
-        assert emulator_of(wan_stack).faults.stats.received == 1  # never retried
-
-
-async def test_rate_limit_with_retry_after_beyond_the_deadline_says_when(
-    wan_stack: Stack,
-) -> None:
-    emulator_of(wan_stack).faults.push(FaultMode.RATE_LIMIT, retry_after=5, times=10)
-    details = await failure(wan_stack, rpc_timeout=2)
-    assert (details.code, details.reason) == (
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "UPSTREAM_RATE_LIMITED",
-    )
-    assert details.retry_delay_s == 5
-
-
 async def test_a_task_that_never_finishes_is_deadline_exceeded(
     sandbox: SandboxServer, tmp_path: pathlib.Path
 ) -> None:
     # The service's own deadline passes first, so the caller gets the reason.
-    async with running_stack(sandbox, tmp_path, default_deadline_s=0.5) as stack:
+    async with wan_running_stack(sandbox, tmp_path, default_deadline_s=0.5) as stack:
         emulator_of(stack).faults.push(FaultMode.TIMEOUT)
         details = await failure(stack, rpc_timeout=10)
         assert (details.code, details.reason) == (
@@ -242,7 +183,7 @@ async def test_cancelling_the_rpc_stops_polling_and_cancels_the_task(wan_stack: 
 async def test_missing_key_is_failed_precondition_naming_the_setting(
     sandbox: SandboxServer, tmp_path: pathlib.Path
 ) -> None:
-    async with running_stack(sandbox, tmp_path, bailian_api_key=None) as stack:
+    async with wan_running_stack(sandbox, tmp_path, bailian_api_key=None) as stack:
         models = {m.name: m for m in (await stack.stub.ListModels(pb.ListModelsRequest())).models}
         assert not models[WAN].configured and not models[WAN_PRO].configured
         for model in (WAN, WAN_PRO):
@@ -260,7 +201,7 @@ async def test_missing_key_is_failed_precondition_naming_the_setting(
 async def test_wrong_key_is_failed_precondition_without_the_key(
     sandbox: SandboxServer, tmp_path: pathlib.Path
 ) -> None:
-    async with running_stack(sandbox, tmp_path, bailian_api_key="sk-wrong-key") as stack:
+    async with wan_running_stack(sandbox, tmp_path, bailian_api_key="sk-wrong-key") as stack:
         details = await failure(stack)
         assert (details.code, details.reason) == (
             grpc.StatusCode.FAILED_PRECONDITION,

@@ -5,31 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import pathlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 from chuizi.image.v1 import image_service_pb2 as pb
-from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 from PIL import Image
 
-from server.app import create_grpc_service
 from server.domain.catalogue import Catalogue
-from server.sandbox.bedrock_stability import (
-    ACCESS_DENIED,
-    MODEL_NOT_READY,
-    MODEL_TIMEOUT,
-    NOT_FOUND,
-    UNAVAILABLE,
-)
 from server.sandbox.faults import FaultMode, FaultPlan
 from server.sandbox.server import SandboxServer
-from tests.rpc.conftest import CHANNEL_OPTIONS, Stack, details_of, settings_for
+from tests.rpc.conftest import Stack, details_of
+from tests.rpc.stacks import running_stack
 from tests.support.images import alpha_mask, png, size_of
 
 CATALOGUE = Catalogue.load()
@@ -186,78 +176,6 @@ async def test_edit_n4_fans_out(stack: Stack) -> None:
     assert plan(stack).stats.received == 4
 
 
-@pytest.mark.parametrize(
-    ("mode", "variant", "code", "reason"),
-    [
-        (FaultMode.BAD_REQUEST, "", grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_INVALID_REQUEST"),
-        (
-            FaultMode.BAD_REQUEST,
-            ACCESS_DENIED,
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "UPSTREAM_AUTH_FAILED",
-        ),
-        (
-            FaultMode.BAD_REQUEST,
-            NOT_FOUND,
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "BACKEND_NOT_CONFIGURED",
-        ),
-        (
-            FaultMode.CONTENT_FILTER,
-            "",
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "CONTENT_POLICY_VIOLATION",
-        ),
-        (
-            FaultMode.RATE_LIMIT,
-            "",
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "UPSTREAM_RATE_LIMITED",
-        ),
-        (
-            FaultMode.RATE_LIMIT,
-            MODEL_NOT_READY,
-            grpc.StatusCode.UNAVAILABLE,
-            "UPSTREAM_UNAVAILABLE",
-        ),
-        (FaultMode.SERVER_ERROR, "", grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
-        (FaultMode.SERVER_ERROR, UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
-        (
-            FaultMode.SERVER_ERROR,
-            MODEL_TIMEOUT,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            "UPSTREAM_TIMEOUT",
-        ),
-        (FaultMode.DROP_CONNECTION, "", grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
-    ],
-)
-async def test_fault_modes_map_to_grpc_codes(
-    stack: Stack, mode: FaultMode, variant: str, code: grpc.StatusCode, reason: str
-) -> None:
-    plan(stack).push(mode, variant=variant, times=10)
-    error = await rpc_error(
-        stack.stub.Generate(pb.GenerateRequest(model=CORE, prompt="a fox"), timeout=30)
-    )
-    details = details_of(error)
-    assert (details.code, details.reason) == (code, reason)
-    assert details.metadata["upstream"] == "bedrock_stability"
-    if mode is not FaultMode.CONTENT_FILTER and mode is not FaultMode.DROP_CONNECTION:
-        assert details.metadata["upstream_code"]
-    # Content refusals are never retried.
-    if mode is FaultMode.CONTENT_FILTER:
-        assert plan(stack).stats.received == 1
-
-
-async def test_throttling_with_retry_after_sets_retry_info(stack: Stack) -> None:
-    plan(stack).push(FaultMode.RATE_LIMIT, retry_after=5, times=10)
-    error = await rpc_error(
-        stack.stub.Generate(pb.GenerateRequest(model=CORE, prompt="a fox"), timeout=3)
-    )
-    details = details_of(error)
-    assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert details.retry_delay_s == 5
-
-
 async def test_a_hung_model_ends_at_the_callers_deadline(stack: Stack) -> None:
     plan(stack).push(FaultMode.TIMEOUT)
     started = time.monotonic()
@@ -298,37 +216,20 @@ async def test_cancelling_the_stream_stops_the_generation(stack: Stack) -> None:
     assert (faults.stats.received, faults.stats.completed) == (4, 1)
 
 
-@contextlib.asynccontextmanager
-async def service_with(
-    sandbox: SandboxServer, tmp_path: pathlib.Path, **changes: Any
-) -> AsyncIterator[pb_grpc.ImageServiceStub]:
-    media_dir = tmp_path / "media"
-    service = await create_grpc_service(
-        settings_for(sandbox, media_dir, "http://127.0.0.1:9/media", **changes)
-    )
-    await service.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}", options=CHANNEL_OPTIONS)
-    try:
-        yield pb_grpc.ImageServiceStub(channel)
-    finally:
-        await channel.close()
-        await service.stop(0)
-
-
 async def test_without_a_region_the_models_are_not_configured(
     sandbox: SandboxServer, tmp_path: pathlib.Path
 ) -> None:
-    async with service_with(sandbox, tmp_path, bedrock_region="") as stub:
+    async with running_stack(sandbox, tmp_path, bedrock_region="") as stack:
         listed = {
             m.name: m.configured
-            for m in (await stub.ListModels(pb.ListModelsRequest(), timeout=10)).models
+            for m in (await stack.stub.ListModels(pb.ListModelsRequest(), timeout=10)).models
         }
         assert {name: listed[name] for name in (m.name for m in BEDROCK_MODELS)} == {
             m.name: False for m in BEDROCK_MODELS
         }
         for request in (
-            stub.Generate(pb.GenerateRequest(model=CORE, prompt="a fox"), timeout=10),
-            stub.Edit(
+            stack.stub.Generate(pb.GenerateRequest(model=CORE, prompt="a fox"), timeout=10),
+            stack.stub.Edit(
                 pb.EditRequest(
                     model="bedrock/stability-remove-background",
                     images=[png()],
@@ -358,11 +259,11 @@ async def test_configured_models_are_listed_as_configured(stack: Stack) -> None:
 async def test_wrong_credentials_fail_without_leaking_them(
     sandbox: SandboxServer, tmp_path: pathlib.Path
 ) -> None:
-    async with service_with(
+    async with running_stack(
         sandbox, tmp_path, bedrock_secret_access_key="wrong-secret-value"
-    ) as stub:
+    ) as stack:
         error = await rpc_error(
-            stub.Generate(pb.GenerateRequest(model=CORE, prompt="a fox"), timeout=10)
+            stack.stub.Generate(pb.GenerateRequest(model=CORE, prompt="a fox"), timeout=10)
         )
     details = details_of(error)
     assert (details.code, details.reason) == (

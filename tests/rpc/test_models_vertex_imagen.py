@@ -4,27 +4,21 @@ Vertex backend (aiplatform_v1 client) and the PredictionService emulator."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import pathlib
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any
 
 import grpc
 import pytest
 from chuizi.image.v1 import image_service_pb2 as pb
-from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 
-from server.app import create_grpc_service
 from server.domain.catalogue import Catalogue
 from server.sandbox.faults import FaultMode, FaultPlan
 from server.sandbox.server import SandboxServer
 from server.sandbox.vertex_imagen import (
-    CONTENT_FILTER_ALL,
     CONTENT_FILTER_PARTIAL,
-    CONTENT_FILTER_PROMPT,
 )
-from tests.rpc.conftest import Stack, details_of, settings_for
+from tests.rpc.conftest import Stack, details_of
+from tests.rpc.stacks import running_stack
 from tests.support.images import size_of
 
 CATALOGUE = Catalogue.load()
@@ -44,22 +38,6 @@ def price(model: str, images: int) -> str:
 @pytest.fixture
 def faults(stack: Stack) -> FaultPlan:
     return stack.sandbox.vertex_imagen.faults
-
-
-@contextlib.asynccontextmanager
-async def service_with(
-    sandbox: SandboxServer, tmp_path: pathlib.Path, **changes: Any
-) -> AsyncIterator[pb_grpc.ImageServiceStub]:
-    """A second service on the same sandbox, with changed settings."""
-    settings = settings_for(sandbox, tmp_path / "media2", "http://media.test/media", **changes)
-    service = await create_grpc_service(settings)
-    await service.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
-    try:
-        yield pb_grpc.ImageServiceStub(channel)
-    finally:
-        await channel.close()
-        await service.stop(0)
 
 
 @pytest.mark.parametrize(
@@ -125,56 +103,13 @@ async def test_partial_rai_filter_returns_what_passed(stack: Stack, faults: Faul
     assert faults.stats.received == 1
 
 
-@pytest.mark.parametrize(
-    ("fault", "code", "reason"),
-    [
-        ((FaultMode.BAD_REQUEST, None, ""), "INVALID_ARGUMENT", "UPSTREAM_INVALID_REQUEST"),
-        (
-            (FaultMode.CONTENT_FILTER, None, CONTENT_FILTER_PROMPT),
-            "INVALID_ARGUMENT",
-            "CONTENT_POLICY_VIOLATION",
-        ),
-        (
-            (FaultMode.CONTENT_FILTER, None, CONTENT_FILTER_ALL),
-            "INVALID_ARGUMENT",
-            "CONTENT_POLICY_VIOLATION",
-        ),
-        ((FaultMode.RATE_LIMIT, 0.05, ""), "RESOURCE_EXHAUSTED", "UPSTREAM_RATE_LIMITED"),
-        ((FaultMode.SERVER_ERROR, None, ""), "UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
-        ((FaultMode.DROP_CONNECTION, None, ""), "UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
-    ],
-    ids=lambda v: v[0].value + (f"-{v[2]}" if v[2] else "") if isinstance(v, tuple) else None,
-)
-async def test_faults_reach_the_caller_as_codes_and_reasons(
-    stack: Stack,
-    faults: FaultPlan,
-    fault: tuple[FaultMode, float | None, str],
-    code: str,
-    reason: str,
-) -> None:
-    mode, retry_after, variant = fault
-    faults.push(mode, retry_after=retry_after, variant=variant, times=10)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stack.stub.Generate(
-            pb.GenerateRequest(model="google/imagen-4.0", prompt="a fox", n=2), timeout=30
-        )
-    details = details_of(caught.value)
-    assert (details.code.name, details.reason) == (code, reason)
-    assert details.metadata.get("upstream") == "vertex_imagen"
-    if mode is FaultMode.RATE_LIMIT:
-        assert details.retry_delay_s == pytest.approx(0.05, abs=0.01)
-    # Safety refusals and bad requests are never retried.
-    if reason in ("CONTENT_POLICY_VIOLATION", "UPSTREAM_INVALID_REQUEST"):
-        assert faults.stats.received == 1
-
-
 async def test_upstream_timeout_is_deadline_exceeded(
     sandbox: SandboxServer, tmp_path: pathlib.Path
 ) -> None:
     sandbox.vertex_imagen.faults.push(FaultMode.TIMEOUT)
-    async with service_with(sandbox, tmp_path, vertex_timeout_s=0.3) as stub:
+    async with running_stack(sandbox, tmp_path, vertex_timeout_s=0.3) as stack:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Generate(
+            await stack.stub.Generate(
                 pb.GenerateRequest(model="google/imagen-4.0", prompt="x"), timeout=30
             )
     details = details_of(caught.value)
@@ -199,10 +134,10 @@ async def test_refused_credentials_are_failed_precondition(stack: Stack) -> None
 async def test_missing_project_is_backend_not_configured(
     sandbox: SandboxServer, tmp_path: pathlib.Path
 ) -> None:
-    async with service_with(sandbox, tmp_path, vertex_project="") as stub:
-        models = await stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    async with running_stack(sandbox, tmp_path, vertex_project="") as stack:
+        models = await stack.stub.ListModels(pb.ListModelsRequest(), timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Generate(
+            await stack.stub.Generate(
                 pb.GenerateRequest(model="google/imagen-4.0", prompt="x"), timeout=10
             )
     configured = {m.name: m.configured for m in models.models}

@@ -1,16 +1,19 @@
 """Bad input and upstream failures reach the caller as the right gRPC code
-with google.rpc details, over a real socket."""
+with google.rpc details, over a real socket. (Each backend's fault table is
+in test_models_fault_modes.py.)"""
 
 from __future__ import annotations
+
+import pathlib
 
 import grpc
 import pytest
 from chuizi.image.v1 import image_service_pb2 as pb
 
-from server.app import create_grpc_service
-from server.sandbox.azure_flux import CONTENT_FILTER_FINISH_REASON, CONTENT_FILTER_HTTP
 from server.sandbox.faults import FaultMode
-from tests.rpc.conftest import Stack, details_of, settings_for
+from server.sandbox.server import SandboxServer
+from tests.rpc.conftest import Stack, details_of
+from tests.rpc.stacks import running_stack
 from tests.support.images import png
 
 KONTEXT = "azure/flux-kontext-pro"
@@ -62,45 +65,6 @@ async def test_generate_on_an_edit_only_model_is_capability_not_supported(stack:
     assert details.violations[0][0] == "operation"
 
 
-@pytest.mark.parametrize(
-    ("mode", "variant", "code", "reason"),
-    [
-        (FaultMode.BAD_REQUEST, "", "INVALID_ARGUMENT", "UPSTREAM_INVALID_REQUEST"),
-        (
-            FaultMode.CONTENT_FILTER,
-            CONTENT_FILTER_HTTP,
-            "INVALID_ARGUMENT",
-            "CONTENT_POLICY_VIOLATION",
-        ),
-        (
-            FaultMode.CONTENT_FILTER,
-            CONTENT_FILTER_FINISH_REASON,
-            "INVALID_ARGUMENT",
-            "CONTENT_POLICY_VIOLATION",
-        ),
-        (FaultMode.RATE_LIMIT, "", "RESOURCE_EXHAUSTED", "UPSTREAM_RATE_LIMITED"),
-        (FaultMode.SERVER_ERROR, "", "UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
-        (FaultMode.DROP_CONNECTION, "", "UNAVAILABLE", "UPSTREAM_UNAVAILABLE"),
-    ],
-)
-async def test_each_upstream_fault_maps_to_its_code_and_reason(
-    stack: Stack, mode: FaultMode, variant: str, code: str, reason: str
-) -> None:
-    plan = stack.sandbox.azure_flux.faults
-    plan.push(mode, variant=variant, retry_after=0.05, times=10)
-    details = details_of(await _error(stack))
-    assert (details.code, details.reason) == (getattr(grpc.StatusCode, code), reason)
-    # No upstream body, key or URL leaks into what the caller sees.
-    assert "sandbox" not in details.message.lower()
-    assert "://" not in details.message and "127.0.0.1" not in details.message
-    if mode in (FaultMode.BAD_REQUEST, FaultMode.CONTENT_FILTER):
-        assert plan.stats.received == 1, "refusals must not be retried"
-    else:
-        assert plan.stats.received == 4, "transient failures are retried (4 attempts)"
-    if mode is FaultMode.RATE_LIMIT:
-        assert details.retry_delay_s is not None and details.retry_delay_s > 0
-
-
 async def test_a_transient_fault_is_retried_transparently(stack: Stack) -> None:
     plan = stack.sandbox.azure_flux.faults
     plan.push(FaultMode.RATE_LIMIT, retry_after=0.1)
@@ -137,23 +101,14 @@ async def test_wrong_credentials_are_a_precondition_failure(stack: Stack) -> Non
     assert "rotated" not in details.message and "sandbox-azure-flux-key" not in details.message
 
 
-async def test_unconfigured_backend_names_the_missing_setting(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    settings = settings_for(
-        stack.sandbox, tmp_path, "http://unused", azure_flux_api_key=None, azure_flux_endpoint=""
-    )
-    service = await create_grpc_service(settings)
-    await service.start()
-    try:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
-        from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
-
-        stub = pb_grpc.ImageServiceStub(channel)
+async def test_unconfigured_backend_names_the_missing_setting(
+    sandbox: SandboxServer, tmp_path: pathlib.Path
+) -> None:
+    unconfigured = {"azure_flux_api_key": None, "azure_flux_endpoint": ""}
+    async with running_stack(sandbox, tmp_path, **unconfigured) as stack:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Generate(pb.GenerateRequest(model=KONTEXT, prompt="x"), timeout=10)
-        models = await stub.ListModels(pb.ListModelsRequest(), timeout=10)
-        await channel.close()
-    finally:
-        await service.stop(0)
+            await stack.stub.Generate(pb.GenerateRequest(model=KONTEXT, prompt="x"), timeout=10)
+        models = await stack.stub.ListModels(pb.ListModelsRequest(), timeout=10)
     details = details_of(caught.value)
     assert (details.code, details.reason) == (
         grpc.StatusCode.FAILED_PRECONDITION,

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import io
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,18 +21,6 @@ from server.sandbox.render import render_png
 from server.sandbox.server import SandboxServer
 
 AUTH = {"Authorization": f"Bearer {SANDBOX_AZURE_FLUX_KEY}"}
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
-
-
-@pytest.fixture
-async def client(sandbox: SandboxServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=sandbox.base_url, timeout=10) as client:
-        yield client
 
 
 async def post(

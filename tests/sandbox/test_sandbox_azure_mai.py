@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -18,18 +17,6 @@ from server.sandbox.server import SandboxServer
 
 AUTH = {"api-key": SANDBOX_AZURE_MAI_KEY}
 ROUTE = "/mai/v1/images/generations"
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
-
-
-@pytest.fixture
-async def client(sandbox: SandboxServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=sandbox.base_url, timeout=10) as client:
-        yield client
 
 
 def body(**changes: Any) -> dict[str, Any]:

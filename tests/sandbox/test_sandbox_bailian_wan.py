@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -34,20 +33,8 @@ SUBMIT = f"{API_PREFIX}/services/aigc/image-generation/generation"
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
-
-
-@pytest.fixture
 def emulator(sandbox: SandboxServer) -> BailianWanEmulator:
     return sandbox.bailian_wan
-
-
-@pytest.fixture
-async def client(sandbox: SandboxServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=sandbox.base_url, timeout=10) as client:
-        yield client
 
 
 def body(

@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import boto3
@@ -51,12 +50,6 @@ FAST_UPSCALE = "us.stability.stable-fast-upscale-v1:0"
 CONSERVATIVE_UPSCALE = "us.stability.stable-conservative-upscale-v1:0"
 # One session for every client: it caches the service model botocore loads.
 SESSION = boto3.session.Session()
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
 
 
 @pytest.fixture

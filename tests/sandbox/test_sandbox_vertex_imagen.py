@@ -42,12 +42,6 @@ def model_path(model: str = STANDARD, project: str = SANDBOX_VERTEX_PROJECT) -> 
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
-
-
-@pytest.fixture
 def faults(sandbox: SandboxServer) -> FaultPlan:
     return sandbox.vertex_imagen.faults
 
