@@ -25,7 +25,6 @@ never retried; a 404 naming the deployment points at the deployment setting.
 
 from __future__ import annotations
 
-import base64
 import math
 from typing import Any
 
@@ -46,6 +45,7 @@ from server.domain.ports import ProducedImage, UpstreamCall, UpstreamResult
 from server.domain.requests import DEFAULT_SIZE, Operation, Size
 from server.domain.retry import RetryPolicy
 from server.providers.azure_images import filtered_categories, is_filter_refusal, parse_images
+from server.providers.base64_json import b64decode, loads_with_base64
 from server.providers.http import Upstream, new_client, send_with_retry, upstream_error_body
 
 UPSTREAM = Upstream(
@@ -159,9 +159,10 @@ def classify(response: httpx.Response) -> ImageServiceError | None:
 
 
 def _decode_image(b64: object) -> ProducedImage | None:
-    if not isinstance(b64, str) or not b64:
+    # `loads_with_base64` hands the strings over as bytes, undecoded.
+    if not isinstance(b64, bytes | memoryview) or not b64:
         return None
-    data = base64.b64decode(b64, validate=True)
+    data = b64decode(b64)
     # Raises ValueError unless the bytes are an image.
     return ProducedImage(data=data, mime_type=inspect(data).mime_type)
 
@@ -172,8 +173,14 @@ def parse_response(response: httpx.Response) -> UpstreamResult:
     Filtered items are undocumented for MAI; the Azure OpenAI shape is read
     in case it is used.
     """
+    try:
+        # The body is almost all base64: parse it without copying the image
+        # string (see base64_json), as the FLUX backend does.
+        payload = loads_with_base64(response.content, "b64_json")
+    except (ValueError, UnicodeDecodeError):
+        payload = None  # unreadable reads as "no image": UpstreamUnavailable
     return parse_images(
-        _json(response),
+        payload,
         upstream=UPSTREAM,
         decode=_decode_image,
         content_rejected=_content_rejected,
