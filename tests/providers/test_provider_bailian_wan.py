@@ -53,7 +53,7 @@ from server.sandbox.render import render_png
 from server.sandbox.server import SandboxServer
 from tests.providers.backends import POLL_MAX_S
 from tests.providers.backends import bailian_wan as make_backend
-from tests.providers.conftest import backend_fixture
+from tests.providers.conftest import FAST_RETRY, backend_fixture
 from tests.support.images import size_of
 
 CATALOGUE = Catalogue.load()
@@ -512,3 +512,32 @@ def test_constructor_checks() -> None:
         BailianWanBackend(api_key=SecretStr("k"), base_url="dashscope.aliyuncs.com")
     with pytest.raises(ValueError):
         BailianWanBackend(api_key=SecretStr("k"), poll_initial_s=2, poll_max_s=1)
+
+
+async def test_a_poll_cut_off_by_the_deadline_still_names_the_task() -> None:
+    """The deadline can expire while a poll request is on the wire; the
+    transport's timeout must carry the task id too (a narrow fake upstream:
+    the emulator cannot hold a single poll open on demand)."""
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(
+                200,
+                json={"request_id": "r", "output": {"task_id": "t-1", "task_status": "RUNNING"}},
+            )
+        await asyncio.sleep(30)  # the poll never answers
+        raise AssertionError("unreachable")
+
+    backend = BailianWanBackend(
+        api_key=SecretStr("k"),
+        base_url="http://dashscope.test/api/v1",
+        poll_initial_s=0.01,
+        retry=FAST_RETRY,
+        transport=httpx.MockTransport(upstream),
+    )
+    try:
+        with pytest.raises(UpstreamTimeout) as caught:
+            await backend.run(call(), Deadline.after(0.5))
+    finally:
+        await backend.aclose()
+    assert caught.value.metadata["task_id"] == "t-1"

@@ -150,10 +150,15 @@ class BailianWanBackend:
                     classify=classify_error,
                 )
                 interval = min(self._poll_max_s, interval * POLL_BACKOFF)
-        except BaseException:
-            # Timeout, cancellation or a poll that kept failing. Only a
-            # PENDING task can be cancelled; a RUNNING one finishes (and is
-            # billed) regardless.
+        except BaseException as error:
+            # Timeout, cancellation or a poll that kept failing. A poll request
+            # cut off by the deadline raises the transport's own timeout, so the
+            # task id is attached here, whichever way polling ended: it is what
+            # support needs to find the (possibly billed) task.
+            if isinstance(error, ImageServiceError):
+                error.metadata.setdefault("task_id", task.task_id)
+            # Only a PENDING task can be cancelled; a RUNNING one finishes (and
+            # is billed) regardless.
             if state.status == PENDING:
                 self._cancel_soon(task.task_id)
             raise
