@@ -78,37 +78,34 @@ _SIZE = re.compile(r"[1-9][0-9]*x[1-9][0-9]*")
 
 def build_generate_request(args: argparse.Namespace) -> pb.GenerateRequest:
     """The `GenerateRequest` for parsed `generate` arguments."""
-    request = pb.GenerateRequest(
-        model=args.model,
-        prompt=args.prompt,
-        size=args.size or "",
-        n=args.n or 0,
-        response_format=RESPONSE_FORMATS[args.response_format],
-        request_id=args.request_id or "",
-    )
+    return pb.GenerateRequest(prompt=args.prompt, **_shared_fields(args))
+
+
+def _shared_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields `generate` and `edit` have in common."""
+    fields: dict[str, Any] = {
+        "model": args.model,
+        "size": args.size or "",
+        "n": args.n or 0,
+        "response_format": RESPONSE_FORMATS[args.response_format],
+        "request_id": args.request_id or "",
+    }
     if args.seed is not None:
-        request.seed = args.seed
-    return request
+        fields["seed"] = args.seed
+    return fields
 
 
 def build_edit_request(
     args: argparse.Namespace, images: Sequence[bytes], mask: bytes | None
 ) -> pb.EditRequest:
     """The `EditRequest` for parsed `edit` arguments and the files' contents."""
-    request = pb.EditRequest(
-        model=args.model,
+    return pb.EditRequest(
         prompt=args.prompt or "",
         images=images,
         mask=mask or b"",
         operation=EDIT_OPERATIONS[args.operation],
-        size=args.size or "",
-        n=args.n or 0,
-        response_format=RESPONSE_FORMATS[args.response_format],
-        request_id=args.request_id or "",
+        **_shared_fields(args),
     )
-    if args.seed is not None:
-        request.seed = args.seed
-    return request
 
 
 # --- RPCs -------------------------------------------------------------------------

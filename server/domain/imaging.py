@@ -22,6 +22,21 @@ class ImageInfo:
     height: int
 
 
+def sniff_mime_type(data: bytes) -> str:
+    """The MIME type from the first bytes alone (no decode).
+
+    Backends label what an upstream returned with this; the orchestrator
+    later measures the real format and size with `inspect`.
+    """
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
+
+
 def inspect(data: bytes) -> ImageInfo:
     """Format and size of `data`; ValueError if it is not a PNG/JPEG/WebP."""
     try:

@@ -38,6 +38,7 @@ from server.domain.errors import (
     ImageServiceError,
     InvalidArgument,
 )
+from server.domain.imaging import sniff_mime_type
 from server.domain.ports import ProducedImage, UpstreamCall, UpstreamResult
 from server.domain.requests import Operation, Size
 from server.domain.retry import RetryPolicy
@@ -148,22 +149,12 @@ def _content_rejected(categories: list[str] | None = None) -> ContentRejected:
     )
 
 
-def _mime_type(data: bytes) -> str:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"
-
-
 def _decode_image(b64: object) -> ProducedImage | None:
     # `loads_with_base64` hands the strings over as bytes, undecoded.
     if not isinstance(b64, bytes | memoryview) or not b64:
         return None
     data = b64decode(b64)
-    return ProducedImage(data=data, mime_type=_mime_type(data))
+    return ProducedImage(data=data, mime_type=sniff_mime_type(data))
 
 
 def parse_response(response: httpx.Response) -> UpstreamResult:

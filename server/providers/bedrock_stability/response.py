@@ -12,21 +12,12 @@ import binascii
 import json
 
 from server.domain.errors import ContentRejected
+from server.domain.imaging import sniff_mime_type
 from server.domain.ports import ProducedImage, UpstreamResult
 from server.providers.bedrock_stability.errors import UPSTREAM, unavailable
 
 _FILTER_PREFIX = "filter reason:"
 _FILTER_TARGETS = frozenset({"prompt", "input image", "output image"})
-
-
-def _mime_type(data: bytes) -> str:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"
 
 
 def _filter_target(reason: str) -> str:
@@ -67,7 +58,7 @@ def parse_response(raw: bytes) -> UpstreamResult:
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise unavailable("Amazon Bedrock returned a corrupt image.") from None
-        produced.append(ProducedImage(data=data, mime_type=_mime_type(data)))
+        produced.append(ProducedImage(data=data, mime_type=sniff_mime_type(data)))
     if produced:
         return UpstreamResult(images=tuple(produced), filtered=len(filtered))
     if filtered:
