@@ -46,6 +46,7 @@ from server.domain.errors import (
     UpstreamUnavailable,
 )
 from server.domain.retry import RetryPolicy
+from server.providers.aiohttp_transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
 
@@ -112,29 +113,26 @@ def new_client(
     *,
     timeout_s: float,
     max_connections: int | None = None,
-    max_idle_connections: int = 64,
     user_agent: str = USER_AGENT,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """The one long-lived client of a backend; close it in the backend's `aclose`.
 
     `send_with_retry` overrides the timeout per attempt; the client's own
-    is the ceiling for anything sent directly. No cap on connections by
-    default: how many calls run at once is `limits.LimitedBackend`'s job
-    (`IMAGE_SERVICE_<BACKEND>_MAX_CONCURRENCY`, unset is no limit), and a
-    pool cap would be a second, hidden limit that queues calls past it (with
-    a 5 s upstream, 64 connections held 2,000 generations to 13 a second).
-    At most `max_idle_connections` are kept open between calls.
+    is the ceiling for anything sent directly. Bytes move through
+    `AiohttpTransport` unless a test passes its own `transport`. No cap on
+    connections by default: how many calls run at once is
+    `limits.LimitedBackend`'s job (`IMAGE_SERVICE_<BACKEND>_MAX_CONCURRENCY`,
+    unset is no limit), and a pool cap would be a second, hidden limit that
+    queues calls past it (with a 5 s upstream, 64 connections held 2,000
+    generations to 13 a second). Idle connections close after
+    `KEEPALIVE_EXPIRY_S`.
     """
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)),
-        limits=httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_idle_connections,
-            keepalive_expiry=KEEPALIVE_EXPIRY_S,
-        ),
         headers={"User-Agent": user_agent},
-        transport=transport,
+        transport=transport
+        or AiohttpTransport(max_connections=max_connections, keepalive_expiry_s=KEEPALIVE_EXPIRY_S),
         follow_redirects=False,
     )
 

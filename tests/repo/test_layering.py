@@ -25,6 +25,7 @@ FORBIDDEN_IN_DOMAIN = (
     "chuizi",
     "google",
     "httpx",
+    "aiohttp",
     "boto3",
     "botocore",
     "starlette",
@@ -38,7 +39,15 @@ FORBIDDEN_IN_DOMAIN = (
     "server.cli",
 )
 # Modules shared by several providers (not backends themselves).
-SHARED_PROVIDER_MODULES = {"http", "registry", "limits", "base64_json", "azure_images", "__init__"}
+SHARED_PROVIDER_MODULES = {
+    "http",
+    "registry",
+    "limits",
+    "base64_json",
+    "azure_images",
+    "aiohttp_transport",
+    "__init__",
+}
 
 
 def _imports(path: pathlib.Path) -> set[str]:
