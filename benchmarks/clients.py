@@ -28,6 +28,7 @@ from chuizi.image.v1 import image_service_pb2 as pb
 from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 
 from benchmarks.emulator import API_KEY
+from server.providers.http import new_client
 
 MODEL = "azure/flux-2-pro"
 SIZE = "1024x1024"
@@ -166,17 +167,16 @@ class RestClient:
 
 @dataclass
 class DirectClient:
-    """Calls the emulator itself, as the service's FLUX backend does."""
+    """Calls the emulator itself, as the service's FLUX backend does, with the
+    backend's own HTTP client (`new_client`): the baseline then differs from
+    the service only by what the service adds, not by a different client."""
 
     base_url: str
 
     def __post_init__(self) -> None:
-        self.client = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=TIMEOUT_S,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        )
+        self.client = new_client(timeout_s=TIMEOUT_S)
+        self.client.base_url = httpx.URL(self.base_url)
+        self.client.headers["Authorization"] = f"Bearer {API_KEY}"
 
     def generate(self, text: str, n: int) -> Call:
         """`n` concurrent upstream calls (the service's fan-out for `n`), all read in full."""

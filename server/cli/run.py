@@ -42,6 +42,10 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # httpx logs every upstream call at INFO: a line per image at any
+        # load, with nothing the backends' own warnings on failure lack.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 async def _until_signalled(stop: Callable[[], Awaitable[None]]) -> int:

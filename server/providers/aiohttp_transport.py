@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -109,6 +110,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # change with the transport.
         self._ssl = ssl_context or httpx.create_ssl_context()
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str], str | None] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -123,8 +125,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 # httpx sets every header it wants; aiohttp must add none.
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
                 auto_decompress=False,
-                # As httpx's default transport does: HTTPS_PROXY, NO_PROXY, .netrc.
-                trust_env=True,
+                # aiohttp's trust_env would read ~/.netrc in a worker thread on
+                # every request; proxies come from `_proxy_for` instead.
+                trust_env=False,
                 # Fewer, larger reads of the multi-megabyte answers.
                 read_bufsize=1 << 20,
             )
@@ -146,6 +149,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=request.headers.multi_items(),
                 data=data,
                 allow_redirects=False,
+                proxy=self._proxy_for(request.url),
                 compress=None,
                 timeout=aiohttp.ClientTimeout(
                     total=None,
@@ -167,6 +171,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
+
+    def _proxy_for(self, url: httpx.URL) -> str | None:
+        """The proxy the environment names for `url` (HTTP(S)_PROXY, ALL_PROXY,
+        NO_PROXY), as httpx's own transport honours them; read once per host."""
+        key = (url.scheme, url.host)
+        if key not in self._proxies:
+            proxies = urllib.request.getproxies()
+            proxy = proxies.get(url.scheme) or proxies.get("all")
+            bypass = proxy and urllib.request.proxy_bypass(url.host)
+            self._proxies[key] = None if not proxy or bypass else proxy
+        return self._proxies[key]
 
     async def aclose(self) -> None:
         if self._session is not None:

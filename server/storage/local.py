@@ -67,6 +67,9 @@ class LocalDirectoryStore:
         # absolute() rather than resolve(): no disk access in the constructor.
         self._root = Path(root).absolute()
         self._base_url = public_base_url.rstrip("/")
+        # Directories already checked and created: every image lands in the
+        # same few, and realpath + mkdir cost more than the write on tmpfs.
+        self._ready_dirs: set[Path] = set()
 
     @property
     def root(self) -> Path:
@@ -115,12 +118,20 @@ class LocalDirectoryStore:
 
     def _write(self, path: Path, data: bytes) -> None:
         parent = path.parent
-        # Checked before mkdir so a symlinked directory cannot make us create
-        # directories outside the root.
-        if not resolves_inside(self._root, parent):
-            raise ValueError("storage key resolves outside the storage root")
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".", suffix=".tmp")
+        if parent not in self._ready_dirs:
+            # Checked before mkdir so a symlinked directory cannot make us
+            # create directories outside the root.
+            if not resolves_inside(self._root, parent):
+                raise ValueError("storage key resolves outside the storage root")
+            parent.mkdir(parents=True, exist_ok=True)
+            self._ready_dirs.add(parent)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=".", suffix=".tmp")
+        except FileNotFoundError:
+            # The directory was removed behind our back: check and create it
+            # again on the next attempt (the storage retry policy makes one).
+            self._ready_dirs.discard(parent)
+            raise
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(data)

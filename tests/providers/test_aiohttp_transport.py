@@ -216,3 +216,22 @@ async def test_closing_the_transport_closes_its_connections() -> None:
             assert (await reopened.post(server.url, content=b"ab")).content == b"2"
 
     assert server.connections == 2
+
+
+async def test_the_environment_proxy_is_used_unless_no_proxy_names_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def proxy(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(answer(head.split(b" ")[1]))  # the request target it was asked for
+        await writer.drain()
+
+    async with raw_server(proxy) as server:
+        monkeypatch.setenv("HTTP_PROXY", server.url)
+        monkeypatch.setenv("NO_PROXY", "bypassed.invalid")
+        async with new_client(timeout_s=5) as opened:
+            response = await opened.get("http://upstream.invalid/v1/x?a=1")
+            with pytest.raises(httpx.ConnectError):
+                await opened.get("http://bypassed.invalid/")
+
+    # Absolute-form target: the proxy was asked to fetch the upstream URL.
+    assert response.content == b"http://upstream.invalid/v1/x?a=1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import threading
 from pathlib import Path
@@ -109,6 +110,22 @@ async def test_symlink_out_of_the_root_is_neither_written_nor_read(
         await store.put("link/new.png", b"x", "image/png")
     assert await store.get("link/secret.png") is None
     assert _files(outside) == [outside / "secret.png"]
+
+
+async def test_a_directory_removed_after_a_write_is_created_again_on_the_retry(
+    store: LocalDirectoryStore, root: Path
+) -> None:
+    await store.put("images/a.png", b"a", "image/png")
+    shutil.rmtree(root / "images")
+
+    # The store remembers directories it made; the first write into the
+    # removed one fails retryably, and the retry recreates it.
+    with pytest.raises(StorageUnavailable) as caught:
+        await store.put("images/b.png", b"b", "image/png")
+    assert caught.value.retryable
+    await store.put("images/b.png", b"b", "image/png")
+
+    assert await store.get("images/b.png") == b"b"
 
 
 async def test_write_failure_is_retryable_storage_unavailable_naming_only_the_key(
