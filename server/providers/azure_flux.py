@@ -23,7 +23,6 @@ and never retried.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 from urllib.parse import quote
 
@@ -43,7 +42,7 @@ from server.domain.ports import ProducedImage, UpstreamCall, UpstreamResult
 from server.domain.requests import Operation, Size
 from server.domain.retry import RetryPolicy
 from server.providers.azure_images import is_filter_refusal, parse_images, unavailable
-from server.providers.base64_json import b64decode, loads_with_base64
+from server.providers.base64_json import b64decode, b64encode_text, loads_with_base64
 from server.providers.http import (
     Upstream,
     new_client,
@@ -95,7 +94,7 @@ def _input_images(call: UpstreamCall, size_mode: str) -> dict[str, str]:
         raise InvalidArgument(
             [FieldViolation("images", f"{call.model.name} takes 1 to {limit} input image(s)")]
         )
-    encoded = [base64.b64encode(image).decode("ascii") for image in call.images]
+    encoded = [b64encode_text(image) for image in call.images]
     return {
         ("input_image" if index == 0 else f"input_image_{index + 1}"): data
         for index, data in enumerate(encoded)

@@ -13,6 +13,11 @@ with pybase64's SIMD decoder (GB/s) and validates like the standard
 library's `validate=True`. A value with JSON escapes in it (no base64 needs
 any, but `\\/` is legal JSON) makes the whole body go through `json.loads`,
 with the same result.
+
+Every backend's base64, both ways, goes through `b64decode` and
+`b64encode_text` (Vertex's and Bedrock's answers too, which arrive already
+parsed by their SDKs), so no image is coded by the standard library's
+slower codec.
 """
 
 from __future__ import annotations
@@ -68,6 +73,11 @@ def _loads_plain(content: bytes, member: str) -> Any:
     return json.loads(content, object_hook=encode)
 
 
-def b64decode(data: bytes | memoryview) -> bytes:
+def b64decode(data: str | bytes | memoryview) -> bytes:
     """Decode standard base64 strictly; `binascii.Error` (a ValueError) if invalid."""
     return pybase64.b64decode(data, validate=True)
+
+
+def b64encode_text(data: bytes) -> str:
+    """Standard base64 of `data` as text, for images sent inside a JSON body."""
+    return pybase64.b64encode_as_string(data)

@@ -10,7 +10,6 @@ images as data URIs.
 
 from __future__ import annotations
 
-import base64
 import math
 from typing import Any
 
@@ -23,6 +22,7 @@ from server.domain.errors import (
 from server.domain.imaging import inspect
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
+from server.providers.base64_json import b64encode_text
 
 MAX_IMAGES_PER_TASK = 4
 MAX_INPUT_IMAGES = 9
@@ -66,7 +66,7 @@ def _data_uri(index: int, image: bytes) -> str:
         raise InvalidArgument(
             [FieldViolation(f"images[{index}]", "is not a PNG, JPEG or WebP image")]
         ) from None
-    return f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
+    return f"data:{mime};base64,{b64encode_text(image)}"
 
 
 def _input_images(call: UpstreamCall) -> list[dict[str, str]]:

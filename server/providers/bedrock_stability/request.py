@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
@@ -26,6 +25,7 @@ from server.domain.errors import (
 )
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
+from server.providers.base64_json import b64encode_text
 
 # Text-to-image ratios of SD3.5 Large, Stable Image Core and Ultra.
 ASPECT_RATIOS = ("21:9", "16:9", "3:2", "5:4", "1:1", "4:5", "2:3", "9:16", "9:21")
@@ -44,7 +44,7 @@ def upstream_seed(seed: int | None) -> int:
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return b64encode_text(data)
 
 
 def _one_input_image(call: UpstreamCall) -> str:

@@ -7,13 +7,13 @@ retried; "Inference error" is `UpstreamUnavailable` (retried).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 
 from server.domain.errors import ContentRejected
 from server.domain.imaging import sniff_mime_type
 from server.domain.ports import ProducedImage, UpstreamResult
+from server.providers.base64_json import b64decode
 from server.providers.bedrock_stability.errors import UPSTREAM, unavailable
 
 _FILTER_PREFIX = "filter reason:"
@@ -55,7 +55,7 @@ def parse_response(raw: bytes) -> UpstreamResult:
         if not isinstance(encoded, str) or not encoded:
             continue
         try:
-            data = base64.b64decode(encoded, validate=True)
+            data = b64decode(encoded)
         except (binascii.Error, ValueError):
             raise unavailable("Amazon Bedrock returned a corrupt image.") from None
         produced.append(ProducedImage(data=data, mime_type=sniff_mime_type(data)))

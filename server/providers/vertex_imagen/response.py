@@ -14,7 +14,6 @@ goes to the log (status and reason at warning, the message at debug).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import logging
 import re
@@ -37,6 +36,7 @@ from server.domain.errors import (
     UpstreamUnavailable,
 )
 from server.domain.ports import ProducedImage, UpstreamResult
+from server.providers.base64_json import b64decode
 from server.providers.http import Upstream, blamed_field
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def parse_response(response: prediction_service.PredictResponse, count: int) -> 
                 reasons.append(reason)
             continue
         try:
-            data = base64.b64decode(encoded, validate=True)
+            data = b64decode(encoded)
         except (binascii.Error, ValueError):
             raise _unavailable("Vertex AI Imagen returned a corrupt image.") from None
         images.append(
