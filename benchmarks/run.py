@@ -465,7 +465,8 @@ def environment(elapsed_s: float) -> str:
     except OSError:
         pass
     packages = ", ".join(
-        f"{p} {_version(p)}" for p in ("grpcio", "protobuf", "httpx", "starlette", "uvicorn")
+        f"{p} {_version(p)}"
+        for p in ("grpcio", "protobuf", "httpx", "aiohttp", "starlette", "uvicorn")
     )
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return (
