@@ -37,23 +37,35 @@ def build_store(settings: Settings) -> BlobStore:
     if settings.storage == "local":
         return LocalDirectoryStore(settings.local_storage_dir, settings.local_public_base_url)
     if settings.storage == "r2":
-        settings.check_r2()  # names any missing IMAGE_SERVICE_R2_* variable
-        key_id, secret = settings.r2_access_key_id, settings.r2_secret_access_key
-        if key_id is None or secret is None:  # excluded by check_r2; narrows the types
-            raise ValueError("IMAGE_SERVICE_R2_ACCESS_KEY_ID and _SECRET_ACCESS_KEY are required")
-        return R2Store(
-            endpoint_url=settings.r2_endpoint_url,
-            bucket=settings.r2_bucket,
-            access_key_id=key_id.get_secret_value(),
-            secret_access_key=secret.get_secret_value(),
-            public_base_url=settings.r2_public_base_url,
-            region=settings.r2_region,
-            presign_ttl_s=settings.r2_presign_ttl_s,
-            max_connections=settings.r2_max_connections,
-            connect_timeout_s=settings.r2_connect_timeout_s,
-            read_timeout_s=settings.r2_read_timeout_s,
-        )
+        return _r2_store(settings, settings.r2_bucket)
     raise ValueError(f"storage {settings.storage!r} is not available in this build")
+
+
+def build_record_store(settings: Settings) -> BlobStore | None:
+    """The store of generation records when it is not the image store
+    (`IMAGE_SERVICE_R2_RECORDS_BUCKET`), else None."""
+    if settings.storage == "r2" and settings.r2_records_bucket.strip():
+        return _r2_store(settings, settings.r2_records_bucket.strip())
+    return None
+
+
+def _r2_store(settings: Settings, bucket: str) -> R2Store:
+    settings.check_r2()  # names any missing IMAGE_SERVICE_R2_* variable
+    key_id, secret = settings.r2_access_key_id, settings.r2_secret_access_key
+    if key_id is None or secret is None:  # excluded by check_r2; narrows the types
+        raise ValueError("IMAGE_SERVICE_R2_ACCESS_KEY_ID and _SECRET_ACCESS_KEY are required")
+    return R2Store(
+        endpoint_url=settings.r2_endpoint_url,
+        bucket=bucket,
+        access_key_id=key_id.get_secret_value(),
+        secret_access_key=secret.get_secret_value(),
+        public_base_url=settings.r2_public_base_url,
+        region=settings.r2_region,
+        presign_ttl_s=settings.r2_presign_ttl_s,
+        max_connections=settings.r2_max_connections,
+        connect_timeout_s=settings.r2_connect_timeout_s,
+        read_timeout_s=settings.r2_read_timeout_s,
+    )
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -93,6 +105,7 @@ class GrpcService:
     backends: Backends
     store: BlobStore
     port: int = 0
+    record_store: BlobStore | None = None
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with port 0)."""
@@ -107,6 +120,8 @@ class GrpcService:
         await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         await self.backends.aclose()
         await self.store.aclose()
+        if self.record_store is not None:
+            await self.record_store.aclose()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
@@ -124,6 +139,7 @@ async def create_grpc_service(
         configured, missing = build_backends(settings, {m.backend for m in catalogue})
         backends = Backends(configured, missing)
     store = store or build_store(settings)
+    record_store = build_record_store(settings)
     orchestrator = Orchestrator(
         catalogue,
         backends,
@@ -134,6 +150,7 @@ async def create_grpc_service(
             max_delay=settings.upstream_backoff_max_s,
         ),
         default_deadline_s=settings.default_deadline_s,
+        record_store=record_store,
     )
     server = grpc.aio.server(options=server_options(settings))
     # The generated *_pb2_grpc module carries no annotations.
@@ -147,4 +164,6 @@ async def create_grpc_service(
     port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     if port == 0:
         raise OSError(f"could not bind {settings.grpc_host}:{settings.grpc_port}")
-    return GrpcService(settings, server, health_servicer, orchestrator, backends, store, port)
+    return GrpcService(
+        settings, server, health_servicer, orchestrator, backends, store, port, record_store
+    )

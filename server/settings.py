@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     # The CDN domain returned URLs start with (the bucket's custom domain),
     # e.g. https://img.example.com; the object key is appended after a "/".
     r2_public_base_url: str = ""
+    # A second bucket (same account and keys) for generation records and the
+    # request-id index; empty keeps them beside the images. Set it when the
+    # image bucket is public: public access covers every key, and a record's
+    # key follows from its images' URLs.
+    r2_records_bucket: str = ""
     # R2 accepts "auto"; other S3-compatible stores want their real region.
     r2_region: str = "auto"
     # > 0: private-bucket mode. URLs are presigned GETs valid this many

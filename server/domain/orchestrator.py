@@ -130,12 +130,15 @@ class Orchestrator:
         *,
         storage_retry: RetryPolicy,
         default_deadline_s: float,
+        record_store: BlobStore | None = None,
     ) -> None:
         self._catalogue = catalogue
         self._backends = backends
         self._store = store
         self._storage_retry = storage_retry
-        self._records = RecordStore(store, storage_retry)
+        # Records (prompts, request ids, costs) may live apart from the
+        # images, which a public bucket serves to anyone holding a URL.
+        self._records = RecordStore(record_store or store, storage_retry)
         self._default_deadline_s = default_deadline_s
         self._request_locks: dict[str, asyncio.Lock] = {}
 

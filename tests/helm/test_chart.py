@@ -333,6 +333,7 @@ def test_r2_settings_go_to_the_configmap() -> None:
     assert data["IMAGE_SERVICE_R2_PUBLIC_BASE_URL"] == "https://images.example.com"
     assert "IMAGE_SERVICE_LOCAL_STORAGE_DIR" not in data
     assert data["IMAGE_SERVICE_R2_PRESIGN_TTL_S"] == "0"
+    assert data["IMAGE_SERVICE_R2_RECORDS_BUCKET"] == "chuizi-records"
     assert data["IMAGE_SERVICE_VERTEX_CREDENTIALS_FILE"] == "/var/run/secrets/vertex/key.json"
 
 

@@ -105,6 +105,9 @@ the two never collide and the ConfigMap never holds a secret.
 {{- $_ := set $data "IMAGE_SERVICE_R2_BUCKET" $r2.bucket }}
 {{- $_ := set $data "IMAGE_SERVICE_R2_PUBLIC_BASE_URL" $r2.publicBaseUrl }}
 {{- $_ := set $data "IMAGE_SERVICE_R2_PRESIGN_TTL_S" $r2.presignTtlSeconds }}
+{{- with $r2.recordsBucket }}
+{{- $_ := set $data "IMAGE_SERVICE_R2_RECORDS_BUCKET" . }}
+{{- end }}
 {{- end }}
 {{- range $key, $value := .Values.config }}
 {{- $_ := set $data (printf "IMAGE_SERVICE_%s" $key) $value }}

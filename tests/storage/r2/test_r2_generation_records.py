@@ -212,6 +212,37 @@ async def test_presigned_mode_reads_records_with_fresh_urls(
         assert png_size(fetched.content) == (made.images[0].width, made.images[0].height)
 
 
+async def test_a_records_bucket_keeps_prompts_out_of_the_public_image_bucket(
+    sandbox: SandboxServer, proxy: S3FaultProxy, bucket: str, s3_admin: Any
+) -> None:
+    records = f"records-{bucket}"
+    s3_admin.create_bucket(Bucket=records)
+    settings = r2_settings(sandbox, proxy.endpoint_url, bucket, r2_records_bucket=records)
+
+    async with running(settings) as (_, replica_a), running(settings) as (_, replica_b):
+        made = await replica_a.Generate(request(request_id="order-7"), timeout=RPC_TIMEOUT_S)
+        seen = await replica_b.GetGeneration(
+            pb.GetGenerationRequest(generation_id=made.generation_id), timeout=RPC_TIMEOUT_S
+        )
+        paid = upstream_calls(sandbox)
+        retried = await replica_b.Generate(request(request_id="order-7"), timeout=RPC_TIMEOUT_S)
+
+    assert seen == made
+    assert retried == made  # the request-id index is found in the records bucket too
+    assert upstream_calls(sandbox) == paid
+
+    def keys(name: str) -> list[str]:
+        listing = s3_admin.list_objects_v2(Bucket=name)
+        return sorted(obj["Key"] for obj in listing.get("Contents", []))
+
+    # The public bucket holds the image only: nothing a URL could lead to.
+    assert keys(bucket) == [f"images/{made.generation_id}-0.png"]
+    record_keys = keys(records)
+    assert f"generations/{made.generation_id}.json" in record_keys
+    assert any(key.startswith("request-ids/") for key in record_keys)
+    assert len(record_keys) == 2
+
+
 # --- request_id idempotency ----------------------------------------------------------
 
 
