@@ -9,8 +9,9 @@ were on CPU most often in each process, by self time and by total time,
 and keeps the collapsed stacks (`server.txt`, `sidecar.txt`) in the work
 directory for flame graphs. Idle thread-pool workers waiting on their queue
 (`_worker (concurrent/futures/thread.py:81)`) and grpc's polling threads
-(`Thread.run`) still show up: ignore them. Needs `py-spy` (pip install
-py-spy) and permission to ptrace the children (root, or ptrace_scope 0).
+(`Thread.run`) still show up: ignore them. Needs `py-spy` (a dev
+dependency, installed by `make install`) and permission to ptrace the
+children (root, or ptrace_scope 0).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     args.py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(args.py_spy).exists():
-        sys.exit("py-spy is not installed: .venv/bin/pip install py-spy")
+        sys.exit("py-spy is not installed: run make install (it is a dev dependency)")
     with tempfile.TemporaryDirectory(prefix="image-profile-", dir="/dev/shm") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
