@@ -161,7 +161,12 @@ async def create_grpc_service(
     if settings.reflection:
         names.append(reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    host = settings.grpc_host
+    # grpc takes IPv6 literals in brackets; "[::]" is dual-stack, and grpc
+    # falls back to IPv4 alone where the kernel has no IPv6.
+    port = server.add_insecure_port(
+        f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
+    )
     if port == 0:
         raise OSError(f"could not bind {settings.grpc_host}:{settings.grpc_port}")
     return GrpcService(

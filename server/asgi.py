@@ -42,7 +42,9 @@ def _listen(host: str, port: int, family: socket.AddressFamily) -> socket.socket
         if os.name == "posix":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # "::" (every address) also takes IPv4, as IPv4-mapped
+            # addresses: one socket serves IPv4, IPv6 and dual-stack pods.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
         sock.bind((host, port))
         sock.listen(_BACKLOG)
     except BaseException:
@@ -76,6 +78,8 @@ class AsgiServer:
         """Bind, start serving and return once requests are accepted."""
         if self._task is not None:
             raise RuntimeError("already started")
+        if self.host == "::" and not socket.has_dualstack_ipv6():
+            self.host = "0.0.0.0"  # a kernel without IPv6: every IPv4 address
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = _listen(self.host, self.port, family)
         self.port = sock.getsockname()[1]

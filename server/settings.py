@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     )
 
     # --- gRPC server -------------------------------------------------------
-    grpc_host: str = "0.0.0.0"
+    # "::" is every address, IPv6 and IPv4 (dual-stack; IPv4 alone on a
+    # kernel without IPv6), so IPv4, IPv6 and dual-stack clusters all work.
+    grpc_host: str = "::"
     grpc_port: int = 50051
     # Four 2048x2048 PNGs inline, or an edit input, must fit in one message.
     max_message_bytes: int = Field(default=64 * MIB, ge=4 * MIB)
@@ -44,7 +46,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # --- REST sidecar (OpenAI-compatible /v1/images/*) ----------------------
-    rest_host: str = "0.0.0.0"
+    rest_host: str = "::"
     rest_port: int = 8080
     # The gRPC service the sidecar calls, as host:port.
     rest_upstream: str = "127.0.0.1:50051"

@@ -1,6 +1,6 @@
 """`image-service rest`: run the OpenAI-compatible REST sidecar.
 
-    image-service rest --upstream 127.0.0.1:50051 --port 8080 [--host 0.0.0.0]
+    image-service rest --upstream 127.0.0.1:50051 --port 8080 [--host ::]
 
 Serves `/v1/images/*`, `/v1/models`, `/v1/generations/{id}`, `/healthz` and
 `/readyz` on uvicorn, calling the gRPC service at `--upstream`, until

@@ -76,7 +76,8 @@ async def _serve(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     service = await create_grpc_service(settings)
     await service.start()
-    print(f"image-service serving gRPC on {settings.grpc_host}:{service.port}", flush=True)
+    host = f"[{settings.grpc_host}]" if ":" in settings.grpc_host else settings.grpc_host
+    print(f"image-service serving gRPC on {host}:{service.port}", flush=True)
     return await _until_signalled(service.stop)
 
 

@@ -11,6 +11,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from server.asgi import AsgiServer, _listen
+from server.settings import Settings
 
 
 def test_accepted_sockets_say_tcp_so_asyncio_disables_nagle() -> None:
@@ -47,3 +48,23 @@ async def test_small_answers_on_a_kept_alive_connection_are_not_held_back() -> N
         await server.stop()
     # Every answer after the first would take >= 40 ms with Nagle on.
     assert sorted(timings)[2] < 0.035, timings
+
+
+async def test_the_default_bind_address_serves_ipv4_and_ipv6() -> None:
+    async def hello(request: Request) -> Response:
+        return PlainTextResponse("hello")
+
+    default_host = Settings.model_fields["rest_host"].default
+    server = AsgiServer(Starlette(routes=[Route("/", hello)]), default_host)
+    await server.start()
+    try:
+        answers = []
+        for host in ("127.0.0.1", "::1"):
+            reader, writer = await asyncio.open_connection(host, server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answers.append((await reader.read()).rsplit(b"\r\n", 1)[-1])
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        await server.stop()
+    assert answers == [b"hello", b"hello"]

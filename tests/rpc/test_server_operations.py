@@ -16,7 +16,9 @@ from chuizi.image.v1 import image_service_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.sandbox.server import SandboxServer
+from server.settings import Settings
 from tests.rpc.conftest import Stack
+from tests.rpc.stacks import running_stack
 from tests.support.images import png
 
 GRPCURL = pathlib.Path(sys.executable).parent / "grpcurl"
@@ -171,3 +173,15 @@ async def test_serve_drains_in_flight_rpcs_on_sigterm(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_the_default_bind_address_takes_ipv4_and_ipv6_callers(
+    sandbox: SandboxServer, tmp_path: pathlib.Path
+) -> None:
+    # One listener for IPv4, IPv6 and dual-stack clusters.
+    default_host = Settings.model_fields["grpc_host"].default
+    async with running_stack(sandbox, tmp_path, grpc_host=default_host) as stack:
+        port = stack.service.port
+        for target in (f"127.0.0.1:{port}", f"[::1]:{port}"):
+            async with grpc.aio.insecure_channel(target) as channel:
+                assert await _health(channel, "") == health_pb2.HealthCheckResponse.SERVING
