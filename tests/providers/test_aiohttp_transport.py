@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import trustme
 
 from server.providers.aiohttp_transport import AiohttpTransport
 from server.providers.http import new_client
@@ -61,11 +63,13 @@ class RawServer:
 
 
 @contextlib.asynccontextmanager
-async def raw_server(handler: Handler) -> AsyncIterator[RawServer]:
+async def raw_server(
+    handler: Handler, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[RawServer]:
     state = RawServer(handler)
-    server = await asyncio.start_server(state.serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(state.serve, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
-    state.url = f"http://127.0.0.1:{port}"
+    state.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     async with server:
         try:
             yield state
@@ -235,3 +239,21 @@ async def test_the_environment_proxy_is_used_unless_no_proxy_names_the_host(
 
     # Absolute-form target: the proxy was asked to fetch the upstream URL.
     assert response.content == b"http://upstream.invalid/v1/x?a=1"
+
+
+async def test_https_upstreams_are_verified_against_the_trusted_cas() -> None:
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+
+    async with raw_server(echo_length, tls=server_tls) as server:
+        trusting = httpx.AsyncClient(transport=AiohttpTransport(ssl_context=client_tls))
+        async with trusting:
+            assert (await trusting.post(server.url, content=b"abcd")).content == b"4"
+        # The production default (certifi's CAs, as httpx's) refuses a
+        # certificate from an unknown CA: no request goes out unverified.
+        async with new_client(timeout_s=5) as default:
+            with pytest.raises(httpx.ConnectError):
+                await default.get(server.url)
