@@ -68,6 +68,11 @@ def _r2_store(settings: Settings, bucket: str) -> R2Store:
     )
 
 
+def host_port(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 literal in brackets (`[::]:50051`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """Channel arguments for the gRPC server (see README: Configuration)."""
     return [
@@ -161,12 +166,9 @@ async def create_grpc_service(
     if settings.reflection:
         names.append(reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    host = settings.grpc_host
-    # grpc takes IPv6 literals in brackets; "[::]" is dual-stack, and grpc
-    # falls back to IPv4 alone where the kernel has no IPv6.
-    port = server.add_insecure_port(
-        f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
-    )
+    # "[::]" is dual-stack; grpc falls back to IPv4 alone where the kernel
+    # has no IPv6.
+    port = server.add_insecure_port(host_port(settings.grpc_host, settings.grpc_port))
     if port == 0:
         raise OSError(f"could not bind {settings.grpc_host}:{settings.grpc_port}")
     return GrpcService(

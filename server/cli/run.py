@@ -64,7 +64,7 @@ async def _until_signalled(stop: Callable[[], Awaitable[None]]) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from server.app import create_grpc_service
+    from server.app import create_grpc_service, host_port
     from server.settings import Settings
 
     overrides: dict[str, Any] = {}
@@ -76,8 +76,9 @@ async def _serve(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     service = await create_grpc_service(settings)
     await service.start()
-    host = f"[{settings.grpc_host}]" if ":" in settings.grpc_host else settings.grpc_host
-    print(f"image-service serving gRPC on {host}:{service.port}", flush=True)
+    print(
+        f"image-service serving gRPC on {host_port(settings.grpc_host, service.port)}", flush=True
+    )
     return await _until_signalled(service.stop)
 
 

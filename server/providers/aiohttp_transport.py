@@ -30,10 +30,11 @@ What the transport guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import httpx
@@ -54,12 +55,16 @@ _ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
 )
 
 
-def _as_httpx_error(exc: Exception, request: httpx.Request) -> httpx.TransportError | None:
-    for aiohttp_type, httpx_type in _ERRORS:
-        if isinstance(exc, aiohttp_type):
-            # The aiohttp error's text names the host at most, never headers.
-            return httpx_type(f"{type(exc).__name__}: {exc}", request=request)
-    return None
+@contextlib.contextmanager
+def _httpx_errors(request: httpx.Request) -> Iterator[None]:
+    """Re-raise aiohttp's errors inside the block as their httpx counterparts."""
+    try:
+        yield
+    except aiohttp.ClientError as exc:
+        # The last row matches every ClientError.
+        httpx_type = next(h for a, h in _ERRORS if isinstance(exc, a))
+        # The aiohttp error's text names the host at most, never headers.
+        raise httpx_type(f"{type(exc).__name__}: {exc}", request=request) from exc
 
 
 class _WholeBody(httpx.AsyncByteStream):
@@ -71,13 +76,8 @@ class _WholeBody(httpx.AsyncByteStream):
         self._complete = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
+        with _httpx_errors(self._request):
             body = await self._response.read()
-        except aiohttp.ClientError as exc:
-            mapped = _as_httpx_error(exc, self._request)
-            if mapped is None:  # pragma: no cover - every ClientError is mapped
-                raise
-            raise mapped from exc
         self._complete = True
         if body:
             yield body
@@ -142,7 +142,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         data: bytes | io.BytesIO | None = (
             io.BytesIO(body) if len(body) > _LARGE_BODY_BYTES else body or None
         )
-        try:
+        with _httpx_errors(request):
             response = await self._get_session().request(
                 request.method,
                 str(request.url),
@@ -159,11 +159,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     sock_read=timeouts.get("read"),
                 ),
             )
-        except aiohttp.ClientError as exc:
-            mapped = _as_httpx_error(exc, request)
-            if mapped is None:  # pragma: no cover - every ClientError is mapped
-                raise
-            raise mapped from exc
         return httpx.Response(
             status_code=response.status,
             headers=list(response.raw_headers),
