@@ -296,8 +296,17 @@ async def test_drop_connection_cuts_the_connection(
         await predict(client)
     stats = await faults.wait_for(lambda s: s.in_flight == 0)
     assert (stats.dropped, stats.completed) == (1, 0)
-    # The channel reconnects, through the relay, for the next call.
-    assert len(await predict(client)) == 1
+    # The channel reconnects, through the relay, for a later call. The very
+    # next one can still race the channel noticing the closed socket and get
+    # UNAVAILABLE (seen once in CI), which callers retry, as our backend does.
+    for attempt in range(3):
+        try:
+            assert len(await predict(client)) == 1
+            break
+        except api_exceptions.ServiceUnavailable:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(0.1)
 
 
 async def test_latency_and_cancellation(
