@@ -16,8 +16,9 @@ from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.domain.backends import Backends
 from server.domain.catalogue import Catalogue
-from server.domain.orchestrator import Backends, Orchestrator
+from server.domain.orchestrator import Orchestrator
 from server.domain.ports import BlobStore
 from server.domain.retry import RetryPolicy
 from server.providers.registry import build_backends

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from chuizi.image.v1 import image_service_pb2 as pb
 
+from server.domain.backends import ModelListing
 from server.domain.errors import FieldViolation, InvalidArgument
-from server.domain.orchestrator import ModelListing
 from server.domain.records import DeliveredImage, GenerationRecord, format_cost
 from server.domain.requests import EditRequest, GenerateRequest, Operation, ResponseFormat
 

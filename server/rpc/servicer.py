@@ -18,7 +18,8 @@ from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 
 from server.domain.deadline import Deadline
 from server.domain.errors import ImageServiceError
-from server.domain.orchestrator import ImageReady, Orchestrator, StreamEvent
+from server.domain.events import ImageReady, StreamEvent
+from server.domain.orchestrator import Orchestrator
 from server.rpc import convert
 from server.rpc.status import code_for, internal_status, to_status
 

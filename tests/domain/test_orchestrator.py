@@ -7,10 +7,15 @@ emulators in tests/rpc; these pin down the precise bookkeeping.
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
 from decimal import Decimal
+from typing import TypeVar
 
 import pytest
 
+from server.domain import validation
+from server.domain.backends import Backends
 from server.domain.catalogue import Catalogue
 from server.domain.deadline import Deadline
 from server.domain.errors import (
@@ -19,12 +24,15 @@ from server.domain.errors import (
     RateLimited,
     RequestIdConflict,
 )
-from server.domain.orchestrator import Backends, GenerationDone, ImageReady, Orchestrator
+from server.domain.events import GenerationDone, ImageReady
+from server.domain.orchestrator import Orchestrator
 from server.domain.ports import ProducedImage, UpstreamCall, UpstreamResult
-from server.domain.requests import GenerateRequest, ResponseFormat
+from server.domain.requests import EditRequest, GenerateRequest, Operation, ResponseFormat
 from server.domain.retry import RetryPolicy
 from tests.support.fakes import MemoryStore, ScriptedBackend
-from tests.support.images import png
+from tests.support.images import alpha_mask, png
+
+T = TypeVar("T")
 
 CATALOGUE = Catalogue.load()
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.002)
@@ -179,3 +187,44 @@ async def test_unconfigured_backend_names_the_setting() -> None:
     assert caught.value.metadata["setting"] == "IMAGE_SERVICE_AZURE_FLUX_API_KEY"
     listing = {m.spec.name: m.configured for m in orchestrator.list_models()}
     assert listing["azure/flux-kontext-pro"] is False
+
+
+async def test_edit_images_and_mask_are_decoded_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded_on: list[tuple[str, int]] = []
+
+    def spying(name: str, real: Callable[[bytes], T]) -> Callable[[bytes], T]:
+        def decode(data: bytes) -> T:
+            decoded_on.append((name, threading.get_ident()))
+            return real(data)
+
+        return decode
+
+    monkeypatch.setattr(validation, "inspect", spying("inspect", validation.inspect))
+    monkeypatch.setattr(
+        validation, "mask_to_grayscale", spying("mask", validation.mask_to_grayscale)
+    )
+    backend = ScriptedBackend()
+    orchestrator = Orchestrator(
+        CATALOGUE,
+        Backends({"bedrock_stability": backend}),
+        MemoryStore(),
+        storage_retry=FAST_RETRY,
+        default_deadline_s=30,
+    )
+    edit = EditRequest(
+        model="bedrock/stability-inpaint",
+        prompt="a hat",
+        images=(png(64, 64),),
+        mask=alpha_mask(64, 64),
+        operation=Operation.INPAINT,
+    )
+    record = await orchestrator.run(edit, Deadline.none())
+
+    assert len(record.images) == 1
+    assert sorted(name for name, _ in decoded_on) == ["inspect", "mask"]
+    loop_thread = threading.get_ident()
+    assert all(thread != loop_thread for _, thread in decoded_on)
+    # The backend received the converted mask, not the caller's bytes.
+    assert backend.calls[0].mask is not None and backend.calls[0].mask != edit.mask

@@ -1,0 +1,91 @@
+"""The fan-out: how n images split into upstream calls, and how their
+outcomes add up to the failures a generation reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.domain.errors import ContentRejected, ImageServiceError
+from server.domain.ports import UpstreamCall
+from server.domain.records import ImageFailure
+from server.domain.validation import ValidRequest
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    """One upstream call; its images take indices from `first_index` on."""
+
+    first_index: int
+    call: UpstreamCall
+
+
+def plan_calls(valid: ValidRequest, seed: int | None) -> list[PlannedCall]:
+    """Split n images into calls of at most the model's images_per_call each."""
+    per_call = max(1, valid.spec.images_per_call)
+    return [
+        PlannedCall(
+            first,
+            UpstreamCall(
+                model=valid.spec,
+                prompt=valid.prompt,
+                size=valid.size,
+                count=min(per_call, valid.n - first),
+                operation=valid.operation,
+                images=valid.images,
+                mask=valid.mask,
+                # Distinct seeds per fan-out call, or n calls would return
+                # n copies of the same image.
+                seed=None if seed is None else seed + first,
+            ),
+        )
+        for first in range(0, valid.n, per_call)
+    ]
+
+
+@dataclass
+class CallOutcome:
+    """Sent by a call after its images: how many are missing and why."""
+
+    missing: int = 0
+    filtered: int = 0
+    error: ImageServiceError | None = None
+
+
+def failures(outcomes: list[CallOutcome]) -> tuple[ImageFailure, ...]:
+    """Why images are missing, one entry per cause per call."""
+    found: list[ImageFailure] = []
+    for outcome in outcomes:
+        if outcome.error is not None:
+            found.append(ImageFailure(outcome.missing, outcome.error.reason, outcome.error.message))
+            continue
+        if outcome.filtered:
+            found.append(
+                ImageFailure(
+                    outcome.filtered,
+                    ContentRejected.reason,
+                    "The upstream's safety filter withheld these images.",
+                )
+            )
+        if outcome.missing > outcome.filtered:
+            found.append(
+                ImageFailure(
+                    outcome.missing - outcome.filtered,
+                    "UPSTREAM_SHORTFALL",
+                    "The upstream returned fewer images than requested.",
+                )
+            )
+    return tuple(found)
+
+
+def most_telling_error(outcomes: list[CallOutcome]) -> ImageServiceError:
+    """The error to raise when no call produced an image: a safety refusal
+    first (it must never look like an outage), else the first error."""
+    errors = [o.error for o in outcomes if o.error is not None]
+    for error in errors:
+        if isinstance(error, ContentRejected):
+            return error
+    if errors:
+        return errors[0]
+    if any(o.filtered for o in outcomes):
+        return ContentRejected("The upstream's safety filter withheld every image.")
+    return ImageServiceError("The upstream returned no images.")
