@@ -64,7 +64,8 @@ async def _until_signalled(stop: Callable[[], Awaitable[None]]) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from server.app import create_grpc_service, host_port
+    from server.app import create_grpc_service
+    from server.rpc.server import host_port
     from server.settings import Settings
 
     overrides: dict[str, Any] = {}
@@ -100,6 +101,7 @@ async def _dev(args: argparse.Namespace) -> int:
 
     from server.app import create_grpc_service
     from server.asgi import AsgiServer
+    from server.rest.app import rest_routes
     from server.sandbox.server import SandboxServer
     from server.settings import Settings
     from server.storage.media_http import media_mount
@@ -121,7 +123,7 @@ async def _dev(args: argparse.Namespace) -> int:
     )
     service = await create_grpc_service(settings)
     await service.start()
-    http_app.router.routes.extend(_rest_routes(f"127.0.0.1:{service.port}", settings))
+    http_app.router.routes.extend(rest_routes(f"127.0.0.1:{service.port}", settings))
     print(
         f"image-service dev ready: grpc=127.0.0.1:{service.port} "
         f"http={http.base_url} (REST /v1, media /media) emulators={sandbox.base_url}",
@@ -134,13 +136,3 @@ async def _dev(args: argparse.Namespace) -> int:
         await sandbox.stop()
 
     return await _until_signalled(stop)
-
-
-def _rest_routes(upstream: str, settings: Any) -> list[Any]:
-    """The REST sidecar's routes, when the sidecar is part of this build."""
-    try:
-        from server.rest.app import rest_routes
-    except ImportError:
-        return []
-    routes: list[Any] = rest_routes(upstream, settings)
-    return routes

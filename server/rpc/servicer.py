@@ -1,15 +1,17 @@
 """`chuizi.image.v1.ImageService`: converts, delegates, converts back.
 
 No business rules live here: every RPC turns the proto request into a
-domain request, calls the orchestrator and turns the result (or the domain
-error, through `status.py`) back into protobuf.
+domain request, calls the orchestrator and turns the result back into
+protobuf. Errors leave through `StatusOnError`, the one place that turns
+an exception into a gRPC status (via the table in `status.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from types import TracebackType
 from typing import TypeVar
 
 import grpc
@@ -24,21 +26,45 @@ from server.rpc import convert
 from server.rpc.status import code_for, internal_status, to_status
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+
+Context = grpc.aio.ServicerContext[object, object]
 
 
-def _deadline(context: grpc.aio.ServicerContext[object, object]) -> Deadline:
+class StatusOnError:
+    """Async context manager: abort the call with the status for any
+    exception its body raises.
+
+    A domain error becomes its code and details from the error table and is
+    logged by reason; anything else is logged with its traceback and becomes
+    INTERNAL with a fixed message, so no internals reach the caller.
+    Cancellation and generator exits pass through untouched.
+    """
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not isinstance(error, Exception):
+            return
+        if isinstance(error, ImageServiceError):
+            status = to_status(error)
+            log.info("%s: %s (%s)", code_for(error).name, error.reason, error.message)
+        else:
+            log.exception("unexpected error", exc_info=error)
+            status = internal_status()
+        await self._context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _deadline(context: Context) -> Deadline:
     return Deadline.after(context.time_remaining())
-
-
-async def _abort(context: grpc.aio.ServicerContext[object, object], error: Exception) -> None:
-    if isinstance(error, ImageServiceError):
-        status = to_status(error)
-        log.info("%s: %s (%s)", code_for(error).name, error.reason, error.message)
-    else:
-        log.exception("unexpected error", exc_info=error)
-        status = internal_status()
-    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 class ImageServicer(pb_grpc.ImageServiceServicer):
@@ -47,76 +73,52 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def __init__(self, orchestrator: Orchestrator) -> None:
         self._orchestrator = orchestrator
 
-    async def _unary(
-        self, context: grpc.aio.ServicerContext[object, object], call: Callable[[], Awaitable[T]]
-    ) -> T:
-        try:
-            return await call()
-        except Exception as error:
-            await _abort(context, error)
-            raise  # unreachable: abort raises
-
-    async def Generate(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> pb.Generation:
-        async def call() -> pb.Generation:
+    async def Generate(self, request: pb.GenerateRequest, context: Context) -> pb.Generation:
+        async with StatusOnError(context):
             domain_request = convert.generate_request(request)
-            return convert.generation(
-                await self._orchestrator.run(domain_request, _deadline(context))
-            )
+            record = await self._orchestrator.run(domain_request, _deadline(context))
+            return convert.generation(record)
 
-        return await self._unary(context, call)
-
-    async def Edit(
-        self, request: pb.EditRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> pb.Generation:
-        async def call() -> pb.Generation:
+    async def Edit(self, request: pb.EditRequest, context: Context) -> pb.Generation:
+        async with StatusOnError(context):
             domain_request = convert.edit_request(request)
-            return convert.generation(
-                await self._orchestrator.run(domain_request, _deadline(context))
-            )
-
-        return await self._unary(context, call)
+            record = await self._orchestrator.run(domain_request, _deadline(context))
+            return convert.generation(record)
 
     async def StreamGenerate(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.GenerateRequest, context: Context
     ) -> AsyncIterator[pb.StreamGenerateResponse]:
-        try:
+        async with StatusOnError(context):
             events = self._orchestrator.stream(
                 convert.generate_request(request), _deadline(context)
             )
             async with contextlib.aclosing(events):
                 async for event in events:
                     yield _stream_message(event, pb.StreamGenerateResponse)
-        except Exception as error:
-            await _abort(context, error)
 
     async def StreamEdit(
-        self, request: pb.EditRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.EditRequest, context: Context
     ) -> AsyncIterator[pb.StreamEditResponse]:
-        try:
+        async with StatusOnError(context):
             events = self._orchestrator.stream(convert.edit_request(request), _deadline(context))
             async with contextlib.aclosing(events):
                 async for event in events:
                     yield _stream_message(event, pb.StreamEditResponse)
-        except Exception as error:
-            await _abort(context, error)
 
     async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
             models=[convert.model(m) for m in self._orchestrator.list_models()]
         )
 
     async def GetGeneration(
-        self, request: pb.GetGenerationRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.GetGenerationRequest, context: Context
     ) -> pb.Generation:
-        async def call() -> pb.Generation:
-            record = await self._orchestrator.get_generation(request.generation_id)
-            return convert.generation(record)
-
-        return await self._unary(context, call)
+        async with StatusOnError(context):
+            return convert.generation(
+                await self._orchestrator.get_generation(request.generation_id)
+            )
 
 
 M = TypeVar("M", pb.StreamGenerateResponse, pb.StreamEditResponse)

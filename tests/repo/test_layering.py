@@ -107,3 +107,10 @@ def test_rest_sidecar_is_only_a_grpc_client() -> None:
     prefixes = ("server.domain", "server.providers", "server.storage", "server.sandbox")
     offenders = [str(p.relative_to(ROOT)) for p in _modules("rest") if _hits(_imports(p), prefixes)]
     assert offenders == []
+
+
+def test_composition_root_leaves_the_grpc_server_to_rpc() -> None:
+    # server/app.py wires parts together; assembling the gRPC server (options,
+    # health, reflection, drain) is server/rpc/server.py's job.
+    imports = _imports(SERVER / "app.py")
+    assert _hits(imports, ("grpc", "grpc_health", "grpc_reflection", "chuizi")) == []
