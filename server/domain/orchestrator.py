@@ -231,7 +231,9 @@ class Orchestrator:
     ) -> DeliveredImage:
         """Upload one image; on lasting failure hand it back inline instead."""
         try:
-            info = inspect(image.data)
+            # Off the loop like every Pillow call: a header read is cheap, but
+            # PNG text and ICC chunks are decompressed on the way to it.
+            info = await asyncio.to_thread(inspect, image.data)
             mime, width, height = info.mime_type, info.width, info.height
         except ValueError:
             log.warning("%s image %d is not a readable image", generation.id, index)

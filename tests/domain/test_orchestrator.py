@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import pytest
 
+from server.domain import orchestrator as orchestrator_module
 from server.domain import validation
 from server.domain.backends import Backends
 from server.domain.catalogue import Catalogue
@@ -189,9 +190,7 @@ async def test_unconfigured_backend_names_the_setting() -> None:
     assert listing["azure/flux-kontext-pro"] is False
 
 
-async def test_edit_images_and_mask_are_decoded_off_the_event_loop(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_pillow_never_runs_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     decoded_on: list[tuple[str, int]] = []
 
     def spying(name: str, real: Callable[[bytes], T]) -> Callable[[bytes], T]:
@@ -201,18 +200,14 @@ async def test_edit_images_and_mask_are_decoded_off_the_event_loop(
 
         return decode
 
-    monkeypatch.setattr(validation, "inspect", spying("inspect", validation.inspect))
+    monkeypatch.setattr(validation, "inspect", spying("input", validation.inspect))
     monkeypatch.setattr(
         validation, "mask_to_grayscale", spying("mask", validation.mask_to_grayscale)
     )
-    backend = ScriptedBackend()
-    orchestrator = Orchestrator(
-        CATALOGUE,
-        Backends({"bedrock_stability": backend}),
-        MemoryStore(),
-        storage_retry=FAST_RETRY,
-        default_deadline_s=30,
+    monkeypatch.setattr(
+        orchestrator_module, "inspect", spying("output", orchestrator_module.inspect)
     )
+    backend = ScriptedBackend()
     edit = EditRequest(
         model="bedrock/stability-inpaint",
         prompt="a hat",
@@ -220,11 +215,17 @@ async def test_edit_images_and_mask_are_decoded_off_the_event_loop(
         mask=alpha_mask(64, 64),
         operation=Operation.INPAINT,
     )
-    record = await orchestrator.run(edit, Deadline.none())
+    record = await Orchestrator(
+        CATALOGUE,
+        Backends({"bedrock_stability": backend}),
+        MemoryStore(),
+        storage_retry=FAST_RETRY,
+        default_deadline_s=30,
+    ).run(edit, Deadline.none())
 
     assert len(record.images) == 1
-    assert sorted(name for name, _ in decoded_on) == ["inspect", "mask"]
+    assert sorted(name for name, _ in decoded_on) == ["input", "mask", "output"]
     loop_thread = threading.get_ident()
-    assert all(thread != loop_thread for _, thread in decoded_on)
+    assert [name for name, thread in decoded_on if thread == loop_thread] == []
     # The backend received the converted mask, not the caller's bytes.
     assert backend.calls[0].mask is not None and backend.calls[0].mask != edit.mask
