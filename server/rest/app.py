@@ -29,7 +29,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from server.rest import forms
-from server.rest.errors import SERVER, RestError, from_rpc_error
+from server.rest.errors import (
+    INTERNAL,
+    METHOD_NOT_ALLOWED,
+    MODEL_NOT_FOUND,
+    SERVER,
+    UNKNOWN_URL,
+    RestError,
+    from_rpc_error,
+)
 from server.rest.responses import ChunkedJSONResponse, generation_chunks, model_list, model_object
 from server.rest.streaming import EDIT_IMAGE_EVENT, GENERATION_IMAGE_EVENT, start_stream
 from server.rest.upstream import (
@@ -78,7 +86,7 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             response = Response(status_code=_CLIENT_CLOSED)
         except Exception:
             log.exception("request %s failed", context.request_id)
-            response = RestError(500, "Internal error.", type=SERVER).response()
+            response = RestError(500, "Internal error.", type=SERVER, code=INTERNAL).response()
         response.headers[REQUEST_ID_HEADER] = context.request_id
         return response
 
@@ -166,9 +174,7 @@ class _Handlers:
         for model in listing.models:
             if model.name == name:
                 return JSONResponse(model_object(model))
-        raise RestError(
-            404, f"Model {name!r} does not exist.", param="model", code="model_not_found"
-        )
+        raise RestError(404, f"Model {name!r} does not exist.", param="model", code=MODEL_NOT_FOUND)
 
     async def generation(self, request: Request, context: CallContext) -> Response:
         message = pb.GetGenerationRequest(generation_id=request.path_params["generation_id"])
@@ -243,12 +249,12 @@ def health_routes(channel: grpc.aio.Channel) -> list[BaseRoute]:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        error = RestError(404, f"No route {request.url.path}.", code="unknown_url")
+        error = RestError(404, f"No route {request.url.path}.", code=UNKNOWN_URL)
     else:
         error = RestError(
             exc.status_code,
             f"{request.method} is not allowed on {request.url.path}.",
-            code="method_not_allowed",
+            code=METHOD_NOT_ALLOWED,
             headers=exc.headers,
         )
     return error.response()

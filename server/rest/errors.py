@@ -38,8 +38,6 @@ _DETAILS_KEY = "grpc-status-details-bin"
 # (key, value) pairs, as grpc.aio's Metadata and grpc.Status carry them (the
 # grpc stubs disagree on the element type, hence Any).
 TrailingMetadata = Iterable[Any] | None
-# How grpc-core words a message over `grpc.max_*_message_length`.
-_TOO_LARGE = "message larger than max"
 # Sent on a 429 whose status carried no RetryInfo, so OpenAI clients wait a
 # moment rather than hammering a throttled upstream.
 DEFAULT_RETRY_AFTER_S = 1.0
@@ -50,6 +48,42 @@ PERMISSION = "permission_error"
 RATE_LIMIT = "rate_limit_error"
 SERVER = "server_error"
 MODERATION = "image_generation_user_error"
+
+# The `code` of every error the sidecar raises itself (docs/rest.md: Errors).
+# Field errors share the service's `invalid_argument`, so a caller sees one
+# code for "n is out of range" whichever side noticed; statuses without the
+# service's ErrorInfo get their gRPC code's name (`unavailable`, ...).
+INVALID_ARGUMENT = "invalid_argument"
+INVALID_JSON = "invalid_json"
+INVALID_MULTIPART = "invalid_multipart"
+INVALID_IMAGE_FORMAT = "invalid_image_format"
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+REQUEST_TOO_LARGE = "request_too_large"
+HEADER_TOO_LARGE = "request_header_too_large"
+INVALID_AUTHORIZATION_HEADER = "invalid_authorization_header"
+MODEL_NOT_FOUND = "model_not_found"
+UNKNOWN_URL = "unknown_url"
+METHOD_NOT_ALLOWED = "method_not_allowed"
+SHUTTING_DOWN = "shutting_down"
+INTERNAL = "internal"
+SIDECAR_CODES = frozenset(
+    {
+        INVALID_ARGUMENT,
+        INVALID_JSON,
+        INVALID_MULTIPART,
+        INVALID_IMAGE_FORMAT,
+        UNSUPPORTED_MEDIA_TYPE,
+        REQUEST_TOO_LARGE,
+        HEADER_TOO_LARGE,
+        INVALID_AUTHORIZATION_HEADER,
+        MODEL_NOT_FOUND,
+        UNKNOWN_URL,
+        METHOD_NOT_ALLOWED,
+        SHUTTING_DOWN,
+        INTERNAL,
+        *(code.name.lower() for code in grpc.StatusCode),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +137,22 @@ _REASON_OVERRIDES: dict[str, _Mapping] = {
 
 _CODE_OVERRIDES = {"CONTENT_POLICY_VIOLATION": "moderation_blocked"}
 
+# How grpc-core words RESOURCE_EXHAUSTED for a message over
+# `grpc.max_*_message_length` and for call metadata over
+# `grpc.max_metadata_size` -> the HTTP status, message and code they mean.
+_GRPC_SIZE_LIMITS = {
+    "message larger than max": (
+        413,
+        "The request is too large for the image service.",
+        REQUEST_TOO_LARGE,
+    ),
+    "metadata size exceeds": (
+        431,
+        "The request headers are too large for the image service.",
+        HEADER_TOO_LARGE,
+    ),
+}
+
 # Proto field name -> OpenAI parameter name (see `public_param`).
 _PARAM_NAMES = {"images": "image", "request_id": "Idempotency-Key"}
 _INDEXED = re.compile(r"^(?P<name>[a-z_]+)\[(?P<index>\d+)\](?P<rest>.*)$")
@@ -118,7 +168,7 @@ class RestError(Exception):
         *,
         type: str = INVALID_REQUEST,
         param: str | None = None,
-        code: str | None = None,
+        code: str = INVALID_ARGUMENT,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -126,7 +176,8 @@ class RestError(Exception):
         self.message = message
         self.type = type
         self.param = param
-        self.code = code
+        # None only for a service status whose ErrorInfo has no reason.
+        self.code: str | None = code
         self.headers: dict[str, str] = dict(headers or {})
 
     def body(self) -> dict[str, object]:
@@ -235,13 +286,11 @@ def from_status(
     if ours and details.reason in _REASON_OVERRIDES:
         override = _REASON_OVERRIDES[details.reason]
         mapping = _Mapping(override.status, override.type, mapping.fallback_message, override.retry)
-    elif not ours and code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in message:
-        # gRPC's own message size limit, not a quota: retrying cannot help.
-        return RestError(
-            413,
-            "The request is too large for the image service.",
-            code="request_too_large",
-        )
+    elif not ours and code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        for marker, (status, text, size_code) in _GRPC_SIZE_LIMITS.items():
+            if marker in message:
+                # gRPC's own size limits, not a quota: retrying cannot help.
+                return RestError(status, text, code=size_code, headers={"x-should-retry": "false"})
     headers: dict[str, str] = {} if mapping.retry else {"x-should-retry": "false"}
     retry_after = details.retry_after_s
     if retry_after is None and mapping.status == 429:
@@ -249,11 +298,14 @@ def from_status(
     if retry_after is not None:
         headers["Retry-After"] = str(math.ceil(retry_after))
         headers["retry-after-ms"] = str(math.ceil(retry_after * 1000))
-    return RestError(
+    error = RestError(
         mapping.status,
         message if ours and message else mapping.fallback_message,
         type=mapping.type,
         param=public_param(details.violations[0][0]) if details.violations else None,
-        code=public_code(details.reason) if ours else None,
+        code=code.name.lower(),
         headers=headers,
     )
+    if ours:
+        error.code = public_code(details.reason)
+    return error

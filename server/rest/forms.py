@@ -24,7 +24,14 @@ from chuizi.image.v1 import image_service_pb2 as pb
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from server.rest.errors import RestError
+from server.rest.errors import (
+    INVALID_IMAGE_FORMAT,
+    INVALID_JSON,
+    INVALID_MULTIPART,
+    REQUEST_TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
+    RestError,
+)
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -35,6 +42,14 @@ MAX_JSON_BYTES = 1024 * 1024
 MAX_INPUT_IMAGES = 16
 _MAX_TEXT_FIELD_BYTES = 64 * 1024
 _MAX_INT32 = 2**31 - 1
+# Deeper JSON than any real body, far below what would exhaust the parser's
+# recursion (which raises RecursionError, not a JSON error).
+MAX_JSON_DEPTH = 32
+# Integers with more digits are kept as text (`_BigInteger`): Python refuses
+# to convert over 4,300 digits, and no field here needs more than 20.
+_MAX_INT_DIGITS = 40
+# A string, or one bracket: what the depth scan needs to see, in one pass.
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 
 _RESPONSE_FORMATS = {"url": pb.RESPONSE_FORMAT_URL, "b64_json": pb.RESPONSE_FORMAT_INLINE}
 EDIT_OPERATIONS = {
@@ -45,7 +60,8 @@ EDIT_OPERATIONS = {
 }
 # `image`, `image[]` (the OpenAI SDK's list encoding) and `image[0]`, `image[1]`...
 _IMAGE_PART = re.compile(r"^image(\[\d*\])?$")
-_INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
+_INTEGER = re.compile(r"^\s*[+-]?(?P<digits>[0-9]+)\s*$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
 
@@ -81,20 +97,53 @@ def check_json_content_type(content_type: str | None) -> None:
         raise RestError(
             415,
             f"Content-Type must be application/json, not {media_type}.",
-            code="unsupported_media_type",
+            code=UNSUPPORTED_MEDIA_TYPE,
         )
+
+
+class _BigInteger(str):
+    """A JSON integer too long to be any field's value, kept as its digits."""
+
+
+def _parse_int(digits: str) -> int | _BigInteger:
+    return _BigInteger(digits) if len(digits) > _MAX_INT_DIGITS else int(digits)
+
+
+def check_json_depth(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON nested deeper than `max_depth`, in one linear scan.
+
+    `param` names the top-level field holding the nesting. The scan reads
+    only strings and brackets; json.loads checks everything else after.
+    """
+    depth = 0
+    key: str | None = None
+    for match in _JSON_TOKEN.finditer(body):
+        token = match.group()
+        if token[0] == 0x22:  # a string: at depth 1, a candidate field name
+            if depth == 1:
+                key = token[1:-1].decode("utf-8", "replace")
+            continue
+        depth += 1 if token in (b"[", b"{") else -1
+        if depth > max_depth:
+            raise RestError(
+                400,
+                f"The request body is nested deeper than {max_depth} levels.",
+                param=key,
+                code=INVALID_JSON,
+            )
 
 
 def parse_generation(body: bytes) -> Generation:
     """Parse a generation body; raises `RestError` (400) naming the bad field."""
+    check_json_depth(body)
     try:
-        fields = json.loads(body)
+        fields = json.loads(body, parse_int=_parse_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RestError(
-            400, f"The request body is not valid JSON: {error}.", code="invalid_json"
+            400, f"The request body is not valid JSON: {error}.", code=INVALID_JSON
         ) from None
     if not isinstance(fields, dict):
-        raise RestError(400, "The request body must be a JSON object.", code="invalid_json")
+        raise RestError(400, "The request body must be a JSON object.", code=INVALID_JSON)
     request = pb.GenerateRequest(
         model=_string(fields, "model") or "",
         prompt=_string(fields, "prompt") or "",
@@ -137,7 +186,7 @@ async def parse_edit(
         parser.finalize()
     except MultipartParseError:
         raise RestError(
-            400, "The multipart/form-data body is malformed.", code="invalid_multipart"
+            400, "The multipart/form-data body is malformed.", code=INVALID_MULTIPART
         ) from None
     if form.error is not None:
         raise form.error
@@ -170,7 +219,7 @@ def too_large(max_bytes: int, *, param: str | None = None) -> RestError:
         413,
         f"The request body is larger than the limit of {max_bytes} bytes.",
         param=param,
-        code="request_too_large",
+        code=REQUEST_TOO_LARGE,
     )
 
 
@@ -181,12 +230,12 @@ def _boundary(content_type: str | None) -> bytes:
         raise RestError(
             415,
             f"Content-Type must be multipart/form-data, not {shown}.",
-            code="unsupported_media_type",
+            code=UNSUPPORTED_MEDIA_TYPE,
         )
     boundary = options.get(b"boundary")
     if not boundary:
         raise RestError(
-            400, "The multipart/form-data Content-Type has no boundary.", code="invalid_multipart"
+            400, "The multipart/form-data Content-Type has no boundary.", code=INVALID_MULTIPART
         )
     return boundary
 
@@ -250,7 +299,7 @@ class _FormCollector:
         name = options.get(b"name")
         if name is None and self.error is None:
             self.error = RestError(
-                400, "A form part has no name in its Content-Disposition.", code="invalid_multipart"
+                400, "A form part has no name in its Content-Disposition.", code=INVALID_MULTIPART
             )
         self._part.name = (name or b"").decode("utf-8", "replace")
         self._part.has_filename = b"filename" in options
@@ -325,7 +374,7 @@ def _image(part: _Part, param: str) -> bytes:
             400,
             f"'{param}' is not a PNG, JPEG or WebP image{hint}.",
             param=param,
-            code="invalid_image_format",
+            code=INVALID_IMAGE_FORMAT,
         )
     return data
 
@@ -354,9 +403,17 @@ def _text_part(part: _Part) -> str:
 
 def _string(fields: Mapping[str, object], name: str) -> str | None:
     value = fields.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    raise RestError(400, f"'{name}' must be a string.", param=name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or isinstance(value, _BigInteger):
+        raise RestError(400, f"'{name}' must be a string.", param=name)
+    if _SURROGATE.search(value):
+        # JSON's "\ud800" escape decodes to a lone surrogate, which no UTF-8
+        # (so no protobuf string) can carry.
+        raise RestError(
+            400, f"'{name}' contains an unpaired surrogate (invalid Unicode).", param=name
+        )
+    return value
 
 
 def _size(fields: Mapping[str, object]) -> str:
@@ -370,11 +427,14 @@ def _integer(fields: Mapping[str, object], name: str, *, form: bool) -> int | No
     value = fields.get(name)
     if value is None:
         return None
-    if form and isinstance(value, str) and _INTEGER.match(value):
-        return int(value)
+    match = _INTEGER.match(value) if form and isinstance(value, str) else None
+    if match and len(match["digits"]) <= _MAX_INT_DIGITS:
+        return int(match.group())
     # bool is an int in Python but `true` is not a count in JSON.
     if not form and isinstance(value, int) and not isinstance(value, bool):
         return value
+    if match or isinstance(value, _BigInteger):
+        raise RestError(400, f"'{name}' is out of range.", param=name)
     raise RestError(400, f"'{name}' must be an integer.", param=name)
 
 
@@ -384,8 +444,10 @@ def _n(fields: Mapping[str, object], *, form: bool) -> int:
         return 1
     # 0 would read as "unset" (1) in proto3; the upper bound is the model's
     # and the service reports it.
-    if not 1 <= n <= _MAX_INT32:
+    if n < 1:
         raise RestError(400, "'n' must be at least 1.", param="n")
+    if n > _MAX_INT32:
+        raise RestError(400, "'n' is out of range.", param="n")
     return n
 
 

@@ -36,7 +36,7 @@ from chuizi.image.v1 import image_service_pb2 as pb
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from server.rest.errors import SERVER, RestError, from_rpc_error
+from server.rest.errors import INTERNAL, SERVER, RestError, from_rpc_error
 from server.rest.responses import (
     BodyBuilder,
     dumps,
@@ -175,7 +175,9 @@ class EventStreamResponse(Response):
                 return
             except Exception:
                 log.exception("stream relay failed")
-                await _send(send, error_event(RestError(500, "Internal error.", type=SERVER)))
+                await _send(
+                    send, error_event(RestError(500, "Internal error.", type=SERVER, code=INTERNAL))
+                )
                 return
             if not isinstance(message, pb.StreamGenerateResponse | pb.StreamEditResponse):
                 return  # grpc.aio.EOF: the call has finished

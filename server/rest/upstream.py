@@ -21,7 +21,12 @@ import grpc
 from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 from starlette.types import Receive
 
-from server.rest.errors import AUTHENTICATION, RestError
+from server.rest.errors import (
+    AUTHENTICATION,
+    HEADER_TOO_LARGE,
+    INVALID_AUTHORIZATION_HEADER,
+    RestError,
+)
 from server.settings import Settings
 
 T = TypeVar("T")
@@ -31,6 +36,10 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 # What gRPC accepts in an ASCII metadata value.
 _METADATA_VALUE = re.compile(r"^[\x20-\x7e]*$")
+# gRPC refuses call metadata over 8 KiB at random (a "soft" limit) and always
+# over 16 KiB, as RESOURCE_EXHAUSTED, which reads as a retryable quota. With
+# the request id and gRPC's own headers (~700 bytes) this stays under 8 KiB.
+MAX_AUTHORIZATION_BYTES = 6 * 1024
 
 
 def channel_options(settings: Settings) -> list[tuple[str, int]]:
@@ -81,13 +90,24 @@ class CallContext:
         return cls(request_id, headers.get("authorization"))
 
     def check_authorization(self) -> None:
-        """Refuse an Authorization header that cannot travel as gRPC metadata."""
-        if self.authorization is not None and not _METADATA_VALUE.match(self.authorization):
+        """Refuse an Authorization header that cannot travel as gRPC metadata:
+        431 when too long (never a retryable status), 401 when malformed."""
+        if self.authorization is None:
+            return
+        if len(self.authorization) > MAX_AUTHORIZATION_BYTES:
+            raise RestError(
+                431,
+                f"The Authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes.",
+                param="Authorization",
+                code=HEADER_TOO_LARGE,
+                headers={"x-should-retry": "false"},
+            )
+        if not _METADATA_VALUE.match(self.authorization):
             raise RestError(
                 401,
                 "The Authorization header is malformed.",
                 type=AUTHENTICATION,
-                code="invalid_authorization_header",
+                code=INVALID_AUTHORIZATION_HEADER,
             )
 
     @property

@@ -99,8 +99,20 @@ def test_statuses_not_from_the_service_get_fixed_messages() -> None:
     assert (rest.status, rest.message, rest.code) == (
         503,
         "The image service is unavailable.",
-        None,
+        "unavailable",
     )
+
+
+def test_grpc_header_limit_is_431_never_a_retryable_429() -> None:
+    # What grpc-core answers when call metadata passes grpc.max_metadata_size.
+    rest = from_status(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "received metadata size exceeds soft limit (12664 vs. 8192);  :path:65B",
+        (),
+    )
+    assert (rest.status, rest.code) == (431, "request_header_too_large")
+    assert rest.headers.get("x-should-retry") == "false"
+    assert "Retry-After" not in rest.headers
 
 
 @pytest.mark.parametrize(

@@ -221,7 +221,12 @@ async def test_failures_without_the_service_error_info_leak_nothing(fake: FakeSt
         )
     assert response.status_code == 500
     assert response.json() == {
-        "error": {"message": "Internal error.", "type": "server_error", "param": None, "code": None}
+        "error": {
+            "message": "Internal error.",
+            "type": "server_error",
+            "param": None,
+            "code": "internal",
+        }
     }
 
 
