@@ -22,6 +22,7 @@ from typing import Literal
 from PIL import Image, ImageDraw, ImageFont
 
 ImageFormat = Literal["png", "jpeg"]
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 # Encoding speed matters more than size here: a 2048x2048 placeholder must
 # not hold up a test, and the flat background compresses well anyway.
@@ -30,7 +31,7 @@ _JPEG_QUALITY = 85
 
 
 @lru_cache(maxsize=32)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def _font(size: int) -> Font:
     return ImageFont.load_default(size=size)
 
 
@@ -44,29 +45,75 @@ def _colours(text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     return background, ink
 
 
-def _wrap(
-    text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max_width: float
-) -> list[str]:
-    """Greedy word wrap by rendered width; words wider than a line are split."""
+class _Widths:
+    """Rendered widths of single characters, each measured once per font.
+
+    A line's width is the sum of its characters' advances (kerning is
+    ignored: the placeholder only needs to fit its frame), which keeps the
+    wrap linear in the text length. Measuring each candidate line, and each
+    shorter prefix of an over-long word, made it quadratic: a 4,000-character
+    prompt without spaces held the render threads for minutes.
+    """
+
+    def __init__(self, font: Font) -> None:
+        self._font = font
+        self._cache: dict[str, float] = {}
+
+    def of(self, char: str) -> float:
+        width = self._cache.get(char)
+        if width is None:
+            width = self._cache[char] = float(self._font.getlength(char))
+        return width
+
+    def text(self, text: str) -> float:
+        return sum(self.of(char) for char in text)
+
+
+def _wrap(text: str, font: Font, max_width: float, max_lines: int | None = None) -> list[str]:
+    """Greedy word wrap by rendered width; words wider than a line are split.
+
+    Linear in `len(text)`; stops after `max_lines + 1` lines (enough for
+    `_fit` to see that the text overflows).
+    """
+    widths = _Widths(font)
+    space = widths.of(" ")
+    limit = None if max_lines is None else max_lines + 1
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
-        line = ""
+        line, line_width = "", 0.0
         for word in paragraph.split():
-            candidate = f"{line} {word}" if line else word
-            if font.getlength(candidate) <= max_width:
-                line = candidate
+            word_width = widths.text(word)
+            if line and line_width + space + word_width <= max_width:
+                line, line_width = f"{line} {word}", line_width + space + word_width
                 continue
             if line:
                 lines.append(line)
-            while font.getlength(word) > max_width and len(word) > 1:
-                cut = len(word) - 1
-                while cut > 1 and font.getlength(word[:cut]) > max_width:
-                    cut -= 1
-                lines.append(word[:cut])
-                word = word[cut:]
-            line = word
+            if word_width > max_width:
+                pieces = _split_word(word, widths, max_width)
+                lines.extend(pieces[:-1])
+                word = pieces[-1]
+                word_width = widths.text(word)
+            line, line_width = word, word_width
+            if limit is not None and len(lines) >= limit:
+                return lines[:limit]
         lines.append(line)
+        if limit is not None and len(lines) >= limit:
+            return lines[:limit]
     return lines
+
+
+def _split_word(word: str, widths: _Widths, max_width: float) -> list[str]:
+    """`word` cut into pieces that fit `max_width` (at least one character each)."""
+    pieces: list[str] = []
+    start, width = 0, 0.0
+    for i, char in enumerate(word):
+        advance = widths.of(char)
+        if i > start and width + advance > max_width:
+            pieces.append(word[start:i])
+            start, width = i, 0.0
+        width += advance
+    pieces.append(word[start:])
+    return pieces
 
 
 def _fit(lines: list[str], max_lines: int) -> list[str]:
@@ -120,7 +167,7 @@ def render_image(
     line_height = int(text_size * 1.25)
     usable_height = height - 3 * margin - label_height
     max_lines = max(1, usable_height // line_height)
-    lines = _fit(_wrap(text, text_font, width - 3 * margin), max_lines)
+    lines = _fit(_wrap(text, text_font, width - 3 * margin, max_lines), max_lines)
     y = margin * 1.5
     for line in lines:
         draw.text((margin * 1.5, y), line, fill=ink, font=text_font)

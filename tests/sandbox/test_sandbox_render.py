@@ -65,3 +65,48 @@ def test_sizes_must_be_positive() -> None:
         render_png(0, 10, "x")
     with pytest.raises(ValueError):
         noise_png(10, 0, seed=1)
+
+
+class _CountingFont:
+    """A font that counts how many characters it was asked to measure."""
+
+    def __init__(self) -> None:
+        from server.sandbox.render import _font
+
+        self._font = _font(32)
+        self.measured = 0
+
+    def getlength(self, text: str) -> float:
+        self.measured += len(text)
+        return float(self._font.getlength(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x" * 4000,  # one unbroken word, many lines long
+        ("antidisestablishment" * 20 + " ") * 10,
+        "a red fox " * 400,
+    ],
+    ids=["unbroken", "long-words", "short-words"],
+)
+def test_wrap_measures_each_character_a_bounded_number_of_times(text: str) -> None:
+    # The quadratic wrap measured every candidate line and every shorter
+    # prefix of an over-long word: ~10^7 characters for 4,000 unbroken ones,
+    # minutes of CPU on the render threads. Linear means a bounded work per
+    # character, whatever the text.
+    from server.sandbox.render import _wrap
+
+    font = _CountingFont()
+    lines = _wrap(text, font, 300.0)  # type: ignore[arg-type]
+    assert "".join(lines).replace(" ", "") == text.replace(" ", "")
+    assert font.measured <= 2 * len(text)
+    assert all(font._font.getlength(line) <= 300.0 * 1.05 for line in lines)
+
+
+def test_wrap_stops_after_the_lines_that_fit() -> None:
+    from server.sandbox.render import _wrap
+
+    font = _CountingFont()
+    assert len(_wrap("word " * 100_000, font, 300.0, 5)) == 6  # type: ignore[arg-type]
+    assert font.measured < 100
