@@ -52,8 +52,8 @@ lint-proto: install tools ## buf lint the protos
 
 .PHONY: lint
 lint: install lint-proto lint-helm ## ruff format check, ruff lint, buf lint, helm lint
-	$(BIN)/ruff format --check server tests scripts benchmarks
-	$(BIN)/ruff check server tests scripts benchmarks
+	$(BIN)/ruff format --check server tests scripts benchmarks reliability
+	$(BIN)/ruff check server tests scripts benchmarks reliability
 
 .PHONY: typecheck
 typecheck: install ## mypy --strict on server/
@@ -61,8 +61,8 @@ typecheck: install ## mypy --strict on server/
 
 .PHONY: fmt
 fmt: install ## Format and fix what ruff can
-	$(BIN)/ruff format server tests scripts benchmarks
-	$(BIN)/ruff check --fix server tests scripts benchmarks
+	$(BIN)/ruff format server tests scripts benchmarks reliability
+	$(BIN)/ruff check --fix server tests scripts benchmarks reliability
 
 .PHONY: test
 test: install tools lint typecheck ## Lint, types, proto drift and every test

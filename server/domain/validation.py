@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from server.domain.catalogue import ModelSpec
 from server.domain.errors import CapabilityNotSupported, FieldViolation, InvalidArgument
-from server.domain.imaging import inspect, mask_to_grayscale
+from server.domain.imaging import MAX_INPUT_PIXELS, ImageTooLarge, inspect, mask_to_grayscale
 from server.domain.requests import DEFAULT_SIZE, AnyRequest, EditRequest, Operation, Size
 
 MAX_PROMPT_CHARS = 4000
@@ -117,9 +117,9 @@ def _check_edit_inputs(
     first_size: tuple[int, int] | None = None
     for i, data in enumerate(request.images):
         try:
-            info = inspect(data)
-        except ValueError:
-            out.append(FieldViolation(f"images[{i}]", "is not a PNG, JPEG or WebP image"))
+            info = inspect(data, max_pixels=MAX_INPUT_PIXELS)
+        except ValueError as error:
+            out.append(_unreadable(f"images[{i}]", error))
             continue
         if i == 0:
             first_size = (info.width, info.height)
@@ -132,8 +132,8 @@ def _check_edit_inputs(
     elif request.mask:
         try:
             mask, width, height = mask_to_grayscale(request.mask)
-        except ValueError:
-            out.append(FieldViolation("mask", "is not a PNG, JPEG or WebP image"))
+        except ValueError as error:
+            out.append(_unreadable("mask", error))
         else:
             if first_size and (width, height) != first_size:
                 out.append(
@@ -143,3 +143,10 @@ def _check_edit_inputs(
                     )
                 )
     return request.images, mask
+
+
+def _unreadable(field: str, error: ValueError) -> FieldViolation:
+    """The violation for an input image that `imaging` refused."""
+    if isinstance(error, ImageTooLarge):
+        return FieldViolation(field, str(error))
+    return FieldViolation(field, "is not a PNG, JPEG or WebP image")
