@@ -66,8 +66,12 @@ class GrpcServer:
 
     @classmethod
     def build(cls, settings: Settings, orchestrator: Orchestrator) -> GrpcServer:
-        """Assemble the server and bind `settings.grpc_host:grpc_port`;
-        `OSError` if the address cannot be bound."""
+        """Assemble the server and bind `settings.grpc_host:grpc_port`.
+
+        grpc raises `RuntimeError` when the address cannot be bound,
+        including when another server holds the port (`grpc.so_reuseport`
+        is off).
+        """
         server = grpc.aio.server(options=server_options(settings))
         # The generated *_pb2_grpc module carries no annotations.
         pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(orchestrator), server)  # type: ignore[no-untyped-call]
@@ -79,8 +83,6 @@ class GrpcServer:
         # "[::]" is dual-stack; grpc falls back to IPv4 alone where the kernel
         # has no IPv6.
         port = server.add_insecure_port(host_port(settings.grpc_host, settings.grpc_port))
-        if port == 0:
-            raise OSError(f"could not bind {settings.grpc_host}:{settings.grpc_port}")
         return cls(server, health_servicer, port)
 
     async def start(self) -> None:
