@@ -10,7 +10,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -193,10 +193,10 @@ async def test_unconfigured_backend_names_the_setting() -> None:
 async def test_pillow_never_runs_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     decoded_on: list[tuple[str, int]] = []
 
-    def spying(name: str, real: Callable[[bytes], T]) -> Callable[[bytes], T]:
-        def decode(data: bytes) -> T:
+    def spying(name: str, real: Callable[..., T]) -> Callable[..., T]:
+        def decode(*args: Any, **kwargs: Any) -> T:
             decoded_on.append((name, threading.get_ident()))
-            return real(data)
+            return real(*args, **kwargs)
 
         return decode
 
