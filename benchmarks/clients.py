@@ -28,7 +28,7 @@ from chuizi.image.v1 import image_service_pb2 as pb
 from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 
 from benchmarks.emulator import API_KEY
-from server.providers.http import new_client
+from server.providers._shared.http import new_client
 
 MODEL = "azure/flux-2-pro"
 SIZE = "1024x1024"

@@ -14,7 +14,7 @@ from server.domain.catalogue import Catalogue
 from server.domain.orchestrator import Orchestrator
 from server.domain.ports import BlobStore
 from server.domain.retry import RetryPolicy
-from server.providers.registry import build_backends
+from server.providers.registry import build_backends, check_catalogue
 from server.rpc.server import GrpcServer
 from server.settings import Settings
 from server.storage.local import LocalDirectoryStore
@@ -99,6 +99,7 @@ async def create_grpc_service(
 ) -> GrpcService:
     """Build (but do not start) the service from `settings`."""
     catalogue = Catalogue.load()
+    check_catalogue(catalogue)  # a bad catalogue `options` value fails start-up
     if backends is None:
         configured, missing = build_backends(settings, {m.backend for m in catalogue})
         backends = Backends(configured, missing)

@@ -1,9 +1,17 @@
-"""Configuration, read once from the environment and injected.
+"""The service's core configuration, read once from the environment and injected.
 
 Every variable is `IMAGE_SERVICE_<FIELD>` (upper case), for example
-`IMAGE_SERVICE_GRPC_PORT=50051` or `IMAGE_SERVICE_AZURE_FLUX_API_KEY=...`.
-Build `Settings()` once in the composition root; nothing else reads the
-environment. Secrets are `SecretStr` so they never print.
+`IMAGE_SERVICE_GRPC_PORT=50051`. Build `Settings()` once in the composition
+root; nothing else reads the environment. Secrets are `SecretStr` so they
+never print.
+
+Each backend's own settings (`IMAGE_SERVICE_AZURE_FLUX_API_KEY`, its limits,
+...) belong to its plugin (`server/providers/<backend>/__init__.py`), which
+reads them when the registry builds it. Code that configures a backend
+without the environment (the dev sandbox, tests) passes them here under the
+variable's name without the prefix, `Settings(azure_flux_api_key=...)`: they
+are kept as extras and handed to the plugin, which rejects a name no backend
+declares at start-up.
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ class Settings(BaseSettings):
     """All settings of the service; see the README's configuration table."""
 
     # hide_input_in_errors: a validation error must not echo a secret back.
+    # extra="allow": backend values given in code (see the module docstring);
+    # the environment is only ever read for declared fields.
     model_config = SettingsConfigDict(
-        env_prefix="IMAGE_SERVICE_", extra="ignore", hide_input_in_errors=True
+        env_prefix="IMAGE_SERVICE_", extra="allow", hide_input_in_errors=True
     )
 
     # --- gRPC server -------------------------------------------------------
@@ -94,90 +104,6 @@ class Settings(BaseSettings):
     upstream_attempts: int = Field(default=4, ge=1)
     upstream_backoff_base_s: float = 0.5
     upstream_backoff_max_s: float = 20.0
-
-    # --- concurrency limits, per backend -------------------------------------
-    # Client-side queueing so a burst waits (within each caller's deadline)
-    # instead of drawing a storm of 429s. Each applies to every model of the
-    # backend separately, as upstream quotas are per deployment or model;
-    # unset is no limit. Set them to the deployment's quota, e.g. Kontext's
-    # default 6 RPM: IMAGE_SERVICE_AZURE_FLUX_REQUESTS_PER_MINUTE=6.
-    azure_flux_max_concurrency: int | None = Field(default=None, ge=1)
-    azure_flux_requests_per_minute: int | None = Field(default=None, ge=1)
-    azure_mai_max_concurrency: int | None = Field(default=None, ge=1)
-    azure_mai_requests_per_minute: int | None = Field(default=None, ge=1)
-    vertex_imagen_max_concurrency: int | None = Field(default=None, ge=1)
-    vertex_imagen_requests_per_minute: int | None = Field(default=None, ge=1)
-    bailian_wan_max_concurrency: int | None = Field(default=None, ge=1)
-    bailian_wan_requests_per_minute: int | None = Field(default=None, ge=1)
-    bedrock_stability_max_concurrency: int | None = Field(default=None, ge=1)
-    bedrock_stability_requests_per_minute: int | None = Field(default=None, ge=1)
-
-    # --- Azure AI Foundry, Black Forest Labs route (FLUX) --------------------
-    # Resource endpoint, e.g. https://myres.services.ai.azure.com
-    azure_flux_endpoint: str = ""
-    azure_flux_api_key: SecretStr | None = None
-    azure_flux_api_version: str = "preview"
-    # FLUX.2 pro takes 30-120 s per image.
-    azure_flux_timeout_s: float = 180.0
-
-    # --- Azure AI Foundry, MAI route (MAI-Image-2) ----------------------------
-    # Resource endpoint, e.g. https://myres.services.ai.azure.com
-    azure_mai_endpoint: str = ""
-    azure_mai_api_key: SecretStr | None = None
-    # The deployment name sent as `model`; empty uses the catalogue's
-    # upstream_id (MAI-Image-2, the portal's default deployment name).
-    azure_mai_deployment: str = ""
-    # Sent as ?api-version= when set; the documented route takes none.
-    azure_mai_api_version: str = ""
-    azure_mai_timeout_s: float = Field(default=120.0, gt=0)
-
-    # --- Amazon Bedrock Runtime (Stability models) ----------------------------
-    # Region of the models, e.g. us-west-2; setting it enables the backend.
-    # Credentials are not settings: boto3's standard chain finds them
-    # (AWS_* variables, AWS_PROFILE and shared config, IRSA, instance role).
-    bedrock_region: str = ""
-    # Replaces https://bedrock-runtime.<region>.amazonaws.com (the sandbox, or
-    # a VPC endpoint).
-    bedrock_endpoint_url: str = ""
-    # Static keys for the sandbox and tests only; when both are unset (as in
-    # production) the standard chain is used. Set both or neither.
-    bedrock_access_key_id: SecretStr | None = None
-    bedrock_secret_access_key: SecretStr | None = None
-    # Per attempt; also botocore's read timeout (per socket read).
-    bedrock_timeout_s: float = Field(default=120.0, gt=0)
-    # Connections to Bedrock, and the threads running boto3 calls.
-    bedrock_max_connections: int = Field(default=16, ge=1, le=256)
-
-    # --- Alibaba Bailian / DashScope (Wan 2.7) ---------------------------------
-    # Region base URL; keys are per region. Beijing is
-    # https://dashscope.aliyuncs.com/api/v1.
-    bailian_base_url: str = "https://dashscope-intl.aliyuncs.com/api/v1"
-    bailian_api_key: SecretStr | None = None
-    # Per HTTP request (submission, one poll, one download); a task's whole
-    # wait is bounded by the caller's deadline and bailian_task_timeout_s.
-    bailian_timeout_s: float = Field(default=60.0, gt=0)
-    bailian_task_timeout_s: float = Field(default=900.0, gt=0)
-    # Task polling backs off from the first to the second. Task queries are
-    # limited to 20 QPS per account: raise the maximum when many tasks run at once.
-    bailian_poll_initial_s: float = Field(default=0.5, gt=0)
-    bailian_poll_max_s: float = Field(default=5.0, gt=0)
-    # Result images downloaded at once, across all tasks.
-    bailian_download_concurrency: int = Field(default=8, ge=1)
-
-    # --- Google Vertex AI (Imagen 4) -----------------------------------------
-    # The Google Cloud project that calls (and pays for) Imagen; setting it
-    # enables the backend.
-    vertex_project: str = ""
-    vertex_location: str = "us-central1"
-    # A service-account JSON key file; empty: Application Default Credentials
-    # (GOOGLE_APPLICATION_CREDENTIALS, gcloud's login, the GKE/GCE identity).
-    vertex_credentials_file: str = ""
-    # host[:port] replacing {location}-aiplatform.googleapis.com (a private
-    # endpoint). http://host:port is plaintext without credentials: only the
-    # sandbox emulator accepts that.
-    vertex_api_endpoint: str = ""
-    # Per attempt; Imagen answers in seconds, Ultra at 2K in tens of seconds.
-    vertex_timeout_s: float = Field(default=120.0, gt=0)
 
     def check_r2(self) -> None:
         """Raise ValueError naming each R2 variable that storage = "r2" still needs.

@@ -1,46 +1,46 @@
-"""The backend registry: a catalogue `backend` key → how to build that backend.
+"""The backend registry: a catalogue `backend` key → the plugin that serves it.
 
-Data, not an if/elif ladder: a backend is added with one `BackendEntry`
-naming the `Settings` fields it cannot run without and a factory. A backend
-whose required settings are empty is left out and reported as not
-configured, with the environment variable to set, so the service still
-starts and serves the other models.
+A table of import paths, loaded lazily (as fsspec's `known_implementations`):
+a backend that is not configured is never imported, and neither is its SDK
+(boto3, google-cloud-aiplatform). Each backend module exports one
+`BackendPlugin` (see `_shared/plugin.py`); adding a backend is one line here.
 
-Factories import their backend module themselves, so a backend that is not
-configured (and its SDK: boto3, google-cloud-aiplatform) is never imported.
+`build_backends` builds every configured backend, applies its limits, and
+reports each unconfigured one with the environment variable that would
+configure it, so the service still starts and serves the other models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+import importlib
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from pydantic import SecretStr
-
+from server.domain.catalogue import Catalogue
 from server.domain.ports import ImageBackend
 from server.domain.retry import RetryPolicy
-from server.providers.limits import limited
+from server.providers._shared.limits import limited
+from server.providers._shared.plugin import ENV_PREFIX, BackendPlugin, LimitSettings
 from server.settings import Settings
 
-ENV_PREFIX = "IMAGE_SERVICE_"
+AnyPlugin = BackendPlugin[Any, Any]
+
+PLUGINS: Mapping[str, str] = {
+    "azure_flux": "server.providers.azure_flux:PLUGIN",
+    "azure_mai": "server.providers.azure_mai:PLUGIN",
+    "bailian_wan": "server.providers.bailian_wan:PLUGIN",
+    "bedrock_stability": "server.providers.bedrock_stability:PLUGIN",
+    "vertex_imagen": "server.providers.vertex_imagen:PLUGIN",
+}
 
 
-@dataclass(frozen=True)
-class BackendEntry:
-    """How to build one backend.
-
-    `required` are `Settings` field names that must be set (non-empty) for
-    the backend to exist; the factory may rely on them being set.
-    """
-
-    key: str
-    required: tuple[str, ...]
-    factory: Callable[[Settings], ImageBackend]
-
-
-def env_var(field: str) -> str:
-    """The environment variable that sets `Settings` field `field`."""
-    return ENV_PREFIX + field.upper()
+def load_plugin(key: str) -> AnyPlugin:
+    """Import and return the plugin registered under `key` (KeyError if none)."""
+    module_name, _, attribute = PLUGINS[key].partition(":")
+    plugin = getattr(importlib.import_module(module_name), attribute)
+    if not isinstance(plugin, BackendPlugin) or plugin.key != key:
+        raise TypeError(f"{PLUGINS[key]} is not the plugin of backend {key!r}")
+    return plugin
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -52,146 +52,91 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
-def _secret(value: SecretStr | None) -> SecretStr:
-    if value is None:  # excluded by `required`; keeps the type checker honest
-        raise ValueError("secret setting is not set")
-    return value
+def _given_values(
+    settings: Settings, plugins: Iterable[AnyPlugin]
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Backend values passed to `Settings` in code (`Settings(azure_flux_endpoint=...)`,
+    as the sandbox and tests do), split per backend into (settings, limits).
+
+    Each is named as its environment variable without `IMAGE_SERVICE_`; one
+    that no backend declares is a ValueError, so a typo fails start-up
+    instead of silently meaning "unset".
+    """
+    plugins = list(plugins)
+    given: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {p.key: ({}, {}) for p in plugins}
+    unknown = []
+    for name, value in (settings.model_extra or {}).items():
+        variable = ENV_PREFIX + name.upper()
+        for plugin in plugins:
+            values, limits = given[plugin.key]
+            field = _field_under(variable, plugin.env_prefix, plugin.settings.model_fields)
+            if field is not None:
+                values[field] = value
+                break
+            field = _field_under(variable, plugin.limits_prefix, LimitSettings.model_fields)
+            if field is not None:
+                limits[field] = value
+                break
+        else:
+            unknown.append(variable)
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return given
 
 
-def _azure_flux(settings: Settings) -> ImageBackend:
-    from server.providers.azure_flux import AzureFluxBackend
-
-    return AzureFluxBackend(
-        endpoint=settings.azure_flux_endpoint,
-        api_key=_secret(settings.azure_flux_api_key),
-        api_version=settings.azure_flux_api_version,
-        timeout_s=settings.azure_flux_timeout_s,
-        retry=retry_policy(settings),
-    )
-
-
-def _bedrock_stability(settings: Settings) -> ImageBackend:
-    from server.providers.bedrock_stability import BedrockStabilityBackend
-
-    return BedrockStabilityBackend(
-        region=settings.bedrock_region,
-        endpoint_url=settings.bedrock_endpoint_url or None,
-        access_key_id=settings.bedrock_access_key_id,
-        secret_access_key=settings.bedrock_secret_access_key,
-        timeout_s=settings.bedrock_timeout_s,
-        max_connections=settings.bedrock_max_connections,
-        retry=retry_policy(settings),
-    )
-
-
-def _azure_mai(settings: Settings) -> ImageBackend:
-    from server.providers.azure_mai import AzureMaiBackend
-
-    return AzureMaiBackend(
-        endpoint=settings.azure_mai_endpoint,
-        api_key=_secret(settings.azure_mai_api_key),
-        deployment=settings.azure_mai_deployment,
-        api_version=settings.azure_mai_api_version,
-        timeout_s=settings.azure_mai_timeout_s,
-        retry=retry_policy(settings),
-    )
-
-
-def _bailian_wan(settings: Settings) -> ImageBackend:
-    from server.providers.bailian_wan import BailianWanBackend
-
-    return BailianWanBackend(
-        base_url=settings.bailian_base_url,
-        api_key=_secret(settings.bailian_api_key),
-        timeout_s=settings.bailian_timeout_s,
-        task_timeout_s=settings.bailian_task_timeout_s,
-        poll_initial_s=settings.bailian_poll_initial_s,
-        poll_max_s=settings.bailian_poll_max_s,
-        download_concurrency=settings.bailian_download_concurrency,
-        retry=retry_policy(settings),
-    )
-
-
-def _vertex_imagen(settings: Settings) -> ImageBackend:
-    from server.providers.vertex_imagen import VertexImagenBackend
-
-    return VertexImagenBackend(
-        project=settings.vertex_project,
-        location=settings.vertex_location,
-        api_endpoint=settings.vertex_api_endpoint,
-        credentials_file=settings.vertex_credentials_file,
-        timeout_s=settings.vertex_timeout_s,
-        retry=retry_policy(settings),
-    )
-
-
-REGISTRY: Mapping[str, BackendEntry] = {
-    entry.key: entry
-    for entry in (
-        BackendEntry("azure_flux", ("azure_flux_endpoint", "azure_flux_api_key"), _azure_flux),
-        BackendEntry("vertex_imagen", ("vertex_project",), _vertex_imagen),
-        BackendEntry("azure_mai", ("azure_mai_endpoint", "azure_mai_api_key"), _azure_mai),
-        BackendEntry("bedrock_stability", ("bedrock_region",), _bedrock_stability),
-        BackendEntry("bailian_wan", ("bailian_base_url", "bailian_api_key"), _bailian_wan),
-    )
-}
-
-
-def _is_set(value: object) -> bool:
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    return value is not None and value != ""
-
-
-def backend_limits(settings: Settings, key: str) -> tuple[int | None, int | None]:
-    """`(max_concurrency, requests_per_minute)` for backend `key`, from the
-    `<key>_max_concurrency` / `<key>_requests_per_minute` settings (None:
-    no limit, also for a backend without such settings)."""
-    return (
-        getattr(settings, f"{key}_max_concurrency", None),
-        getattr(settings, f"{key}_requests_per_minute", None),
-    )
-
-
-def missing_setting(settings: Settings, entry: BackendEntry) -> str | None:
-    """The environment variable of `entry`'s first unset required field, if any."""
-    for field in entry.required:
-        if not _is_set(getattr(settings, field, None)):
-            return env_var(field)
-    return None
+def _field_under(variable: str, prefix: str, fields: Mapping[str, object]) -> str | None:
+    if not variable.startswith(prefix):
+        return None
+    field = variable.removeprefix(prefix).lower()
+    return field if field in fields else None
 
 
 def build_backends(
-    settings: Settings,
-    wanted: Iterable[str] = (),
-    *,
-    registry: Mapping[str, BackendEntry] = REGISTRY,
+    settings: Settings, wanted: Iterable[str] = ()
 ) -> tuple[dict[str, ImageBackend], dict[str, str]]:
     """Build every configured backend.
 
-    Returns `(backends, missing)`: `backends` maps a key to its built
-    backend; `missing` maps each other key, of the registry or of `wanted`
-    (pass the catalogue's backend keys), to the environment variable that
-    would configure it, or to "" when no backend is registered under that
-    key (no setting can enable it in this build). A factory's own error
-    (a malformed endpoint, say) propagates: misconfiguration fails start-up.
+    Returns `(backends, missing)`: `backends` maps a key to its built (and
+    limited) backend; `missing` maps each other key, of the registry or of
+    `wanted` (pass the catalogue's backend keys), to the environment
+    variable that would configure it, or to "" when no backend is
+    registered under that key (no setting can enable it in this build). A
+    factory's own error (a malformed endpoint, say) propagates:
+    misconfiguration fails start-up.
     """
+    plugins = [load_plugin(key) for key in PLUGINS]
+    given = _given_values(settings, plugins)
+    policy = retry_policy(settings)
     backends: dict[str, ImageBackend] = {}
     missing: dict[str, str] = {}
-    for key, entry in registry.items():
-        unset = missing_setting(settings, entry)
-        if unset is None:
-            # The one place limits are applied, so every backend has them.
-            max_concurrent, per_minute = backend_limits(settings, key)
-            backends[key] = limited(
-                entry.factory(settings),
-                key=key,
-                max_concurrent=max_concurrent,
-                per_minute=per_minute,
-            )
-        else:
-            missing[key] = unset
+    for plugin in plugins:
+        values, limit_values = given[plugin.key]
+        backend_settings = plugin.load_settings(values)
+        unset = plugin.missing_setting(backend_settings)
+        if unset is not None:
+            missing[plugin.key] = unset
+            continue
+        limits = plugin.load_limits(limit_values)
+        # The one place limits are applied, so every backend has them.
+        backends[plugin.key] = limited(
+            plugin.build(backend_settings, policy),
+            key=plugin.key,
+            max_concurrent=limits.max_concurrency,
+            per_minute=limits.requests_per_minute,
+        )
     for key in wanted:
-        if key not in registry:
+        if key not in PLUGINS:
             missing[key] = ""
     return backends, missing
+
+
+def check_catalogue(catalogue: Catalogue) -> None:
+    """Validate every catalogue entry's `options` against its backend's
+    typed options; ValueError naming the model and option otherwise.
+
+    Entries of a backend this build has no plugin for are left alone (they
+    are reported as not configured).
+    """
+    for model in catalogue:
+        if model.backend in PLUGINS:
+            load_plugin(model.backend).parse_options(model.name, model.options)

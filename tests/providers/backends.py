@@ -11,11 +11,11 @@ from typing import Any
 import boto3
 from pydantic import SecretStr
 
-from server.providers.azure_flux import AzureFluxBackend
-from server.providers.azure_mai import AzureMaiBackend
-from server.providers.bailian_wan import BailianWanBackend
-from server.providers.bedrock_stability import BedrockStabilityBackend
-from server.providers.vertex_imagen import VertexImagenBackend
+from server.providers.azure_flux.backend import AzureFluxBackend
+from server.providers.azure_mai.backend import AzureMaiBackend
+from server.providers.bailian_wan.backend import BailianWanBackend
+from server.providers.bedrock_stability.backend import BedrockStabilityBackend
+from server.providers.vertex_imagen.backend import VertexImagenBackend
 from server.sandbox.azure_flux import SANDBOX_AZURE_FLUX_KEY
 from server.sandbox.azure_mai import SANDBOX_AZURE_MAI_KEY
 from server.sandbox.bailian_wan import SANDBOX_DASHSCOPE_KEY

@@ -19,8 +19,8 @@ import httpx
 import pytest
 import trustme
 
-from server.providers.aiohttp_transport import AiohttpTransport
-from server.providers.http import new_client
+from server.providers._shared.aiohttp_transport import AiohttpTransport
+from server.providers._shared.http import new_client
 
 Handler = Callable[[bytes, bytes, asyncio.StreamWriter], Awaitable[None]]
 

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from server.providers.base64_json import b64decode, loads_with_base64
+from server.providers._shared.base64_json import b64decode, loads_with_base64
 
 IMAGE = os.urandom(3000)
 B64 = base64.b64encode(IMAGE).decode()

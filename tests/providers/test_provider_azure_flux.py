@@ -16,7 +16,8 @@ from server.domain.deadline import Deadline
 from server.domain.errors import CapabilityNotSupported, InvalidArgument
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
-from server.providers.azure_flux import AzureFluxBackend, nearest_aspect_ratio, pixel_size
+from server.providers.azure_flux.backend import AzureFluxBackend
+from server.providers.azure_flux.request import nearest_aspect_ratio, pixel_size
 from server.sandbox.faults import FaultPlan
 from server.sandbox.render import render_png
 from server.sandbox.server import SandboxServer

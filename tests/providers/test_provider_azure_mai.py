@@ -22,14 +22,10 @@ from server.domain.errors import (
 )
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
-from server.providers.azure_mai import (
-    DEPLOYMENT_SETTING,
-    AzureMaiBackend,
-    classify,
-    parse_response,
-    produced_size,
-    request_body,
-)
+from server.providers.azure_mai.backend import AzureMaiBackend
+from server.providers.azure_mai.errors import DEPLOYMENT_SETTING, classify
+from server.providers.azure_mai.request import produced_size, request_body
+from server.providers.azure_mai.response import parse_response
 from server.sandbox.faults import FaultPlan
 from server.sandbox.server import SandboxServer
 from tests.providers.backends import azure_mai as make_backend

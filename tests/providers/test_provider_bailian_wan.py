@@ -28,15 +28,13 @@ from server.domain.errors import (
 )
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
-from server.providers.bailian_wan import (
-    BailianWanBackend,
+from server.providers.bailian_wan.backend import BailianWanBackend
+from server.providers.bailian_wan.request import request_body, upstream_size, wan_size
+from server.providers.bailian_wan.response import (
     TaskState,
     parse_submission,
     parse_task,
-    request_body,
     task_result,
-    upstream_size,
-    wan_size,
 )
 from server.sandbox.bailian_wan import (
     AT_DOWNLOAD,
@@ -511,7 +509,12 @@ def test_constructor_checks() -> None:
     with pytest.raises(ValueError):
         BailianWanBackend(api_key=SecretStr("k"), base_url="dashscope.aliyuncs.com")
     with pytest.raises(ValueError):
-        BailianWanBackend(api_key=SecretStr("k"), poll_initial_s=2, poll_max_s=1)
+        BailianWanBackend(
+            api_key=SecretStr("k"),
+            base_url="https://dashscope.test",
+            poll_initial_s=2,
+            poll_max_s=1,
+        )
 
 
 async def test_a_poll_cut_off_by_the_deadline_still_names_the_task() -> None:

@@ -40,14 +40,13 @@ from server.domain.errors import (
 from server.domain.imaging import mask_to_grayscale
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
-from server.providers.bedrock_stability import (
-    BedrockStabilityBackend,
-    aspect_ratio_for,
+from server.providers.bedrock_stability.backend import BedrockStabilityBackend
+from server.providers.bedrock_stability.errors import (
     error_for_botocore_error,
     error_for_client_error,
-    parse_response,
-    upstream_seed,
 )
+from server.providers.bedrock_stability.request import aspect_ratio_for, upstream_seed
+from server.providers.bedrock_stability.response import parse_response
 from server.providers.registry import build_backends
 from server.sandbox.bedrock_stability import (
     ACCESS_DENIED,

@@ -21,15 +21,14 @@ from server.domain.errors import (
     UpstreamUnavailable,
 )
 from server.domain.retry import RetryPolicy
-from server.providers.http import (
-    WHOLE_REQUEST,
-    Upstream,
+from server.providers._shared.http import (
     error_for_status,
     new_client,
     parse_retry_after,
     send_with_retry,
     transport_errors,
 )
+from server.providers._shared.upstream import WHOLE_REQUEST, Upstream
 
 UP = Upstream(
     key="demo",
@@ -111,7 +110,7 @@ def test_classifier_runs_first() -> None:
 
 def test_error_bodies_are_logged_without_credentials(caplog: pytest.LogCaptureFixture) -> None:
     body = '{"error":{"message":"bad header Authorization: Bearer sk-live-123 api-key=abc"}}'
-    with caplog.at_level(logging.DEBUG, logger="server.providers.http"):
+    with caplog.at_level(logging.DEBUG, logger="server.providers._shared.http"):
         error_for_status(response(400, body), UP)
     logged = caplog.text
     assert "HTTP 400" in logged

@@ -14,9 +14,9 @@ from server.domain.deadline import Deadline
 from server.domain.errors import RateLimited
 from server.domain.ports import UpstreamCall, UpstreamResult
 from server.domain.requests import Size
-from server.providers.azure_mai import AzureMaiBackend
-from server.providers.limits import LimitedBackend, limited
-from server.providers.registry import backend_limits, build_backends
+from server.providers._shared.limits import LimitedBackend, limited
+from server.providers.azure_mai.backend import AzureMaiBackend
+from server.providers.registry import build_backends, load_plugin
 from server.sandbox.azure_mai import AzureMaiEmulator
 from server.sandbox.server import SandboxServer
 from server.settings import Settings
@@ -232,22 +232,26 @@ async def test_unlimited_is_the_backend_itself_and_close_is_passed_on() -> None:
             LimitedBackend(inner, key="x", **bad)
 
 
+def _limits(key: str) -> tuple[int | None, int | None]:
+    limits = load_plugin(key).load_limits()
+    return limits.max_concurrency, limits.requests_per_minute
+
+
 def test_every_backend_has_both_limit_settings() -> None:
     for key in BACKEND_KEYS:
-        assert f"{key}_max_concurrency" in Settings.model_fields
-        assert f"{key}_requests_per_minute" in Settings.model_fields
-        assert backend_limits(Settings(), key) == (None, None)
+        # Named after the key, whatever the backend's own prefix.
+        assert load_plugin(key).limits_prefix == f"IMAGE_SERVICE_{key.upper()}_"
+        assert _limits(key) == (None, None)
 
 
 def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGE_SERVICE_AZURE_FLUX_REQUESTS_PER_MINUTE", "6")
     monkeypatch.setenv("IMAGE_SERVICE_BAILIAN_WAN_MAX_CONCURRENCY", "2")
-    settings = Settings()
-    assert backend_limits(settings, "azure_flux") == (None, 6)
-    assert backend_limits(settings, "bailian_wan") == (2, None)
+    assert _limits("azure_flux") == (None, 6)
+    assert _limits("bailian_wan") == (2, None)
     monkeypatch.setenv("IMAGE_SERVICE_AZURE_MAI_MAX_CONCURRENCY", "0")
     with pytest.raises(ValueError):
-        Settings()
+        _limits("azure_mai")
 
 
 async def test_the_registry_wraps_every_configured_backend_with_its_limits() -> None:

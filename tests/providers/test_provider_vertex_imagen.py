@@ -34,13 +34,9 @@ from server.domain.errors import (
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
 from server.providers.registry import build_backends
-from server.providers.vertex_imagen import (
-    PIXELS,
-    VertexImagenBackend,
-    error_for_exception,
-    load_credentials,
-    output_for,
-)
+from server.providers.vertex_imagen.backend import VertexImagenBackend, load_credentials
+from server.providers.vertex_imagen.errors import error_for_exception
+from server.providers.vertex_imagen.request import PIXELS, output_for
 from server.sandbox.faults import FaultMode, FaultPlan
 from server.sandbox.server import SandboxServer
 from server.sandbox.vertex_imagen import CONTENT_FILTER_PARTIAL, CONTENT_FILTER_SILENT

@@ -1,10 +1,11 @@
 """The dependency rules of DESIGN.md, enforced on every import statement.
 
 rpc -> domain -> (ports); providers and storage implement the ports. The
-domain imports no grpc, generated code, HTTP client or cloud SDK; providers
-do not import each other (shared code lives in `server/providers/http.py`
-and friends); only `server/rpc`, `server/rest`, `server/cli` and the
-composition root touch generated code.
+domain imports no grpc, generated code, HTTP client or cloud SDK; a backend
+imports only the domain and the shared plumbing (`server/providers/_shared`),
+never another backend, the registry, the settings or the sandbox; only
+`server/rpc`, `server/rest`, `server/cli` and the composition root touch
+generated code.
 """
 
 from __future__ import annotations
@@ -38,16 +39,9 @@ FORBIDDEN_IN_DOMAIN = (
     "server.app",
     "server.cli",
 )
-# Modules shared by several providers (not backends themselves).
-SHARED_PROVIDER_MODULES = {
-    "http",
-    "registry",
-    "limits",
-    "base64_json",
-    "azure_images",
-    "aiohttp_transport",
-    "__init__",
-}
+PROVIDERS = SERVER / "providers"
+# What a backend may import from this project.
+BACKEND_MAY_IMPORT = ("server.domain", "server.providers._shared")
 
 
 def _imports(path: pathlib.Path) -> set[str]:
@@ -74,25 +68,43 @@ def test_domain_imports_no_transport_or_sdk(path: pathlib.Path) -> None:
     assert _hits(_imports(path), FORBIDDEN_IN_DOMAIN) == []
 
 
+def _backends() -> list[str]:
+    """Every backend package: each directory of `providers` but the shared one."""
+    return sorted(p.name for p in PROVIDERS.iterdir() if p.is_dir() and p.name[0] not in "_.")
+
+
 def _backend_modules() -> list[pathlib.Path]:
-    return [
-        p
-        for p in _modules("providers")
-        if p.stem not in SHARED_PROVIDER_MODULES or p.parent.name != "providers"
-    ]
+    return [p for name in _backends() for p in sorted((PROVIDERS / name).rglob("*.py"))]
 
 
-@pytest.mark.parametrize("path", _backend_modules(), ids=lambda p: p.stem)
-def test_providers_do_not_import_each_other(path: pathlib.Path) -> None:
-    own = path.stem if path.parent.name == "providers" else path.parent.name
-    others = {
-        p.stem if p.parent.name == "providers" else p.parent.name for p in _backend_modules()
-    } - {own}
-    prefixes = tuple(f"server.providers.{name}" for name in others)
-    assert _hits(_imports(path), prefixes) == []
+def _own_project_imports(imports: set[str]) -> set[str]:
+    return {i for i in imports if i == "server" or i.startswith("server.")}
+
+
+@pytest.mark.parametrize("path", _backend_modules(), ids=lambda p: str(p.relative_to(PROVIDERS)))
+def test_a_backend_imports_only_the_domain_and_the_shared_plumbing(path: pathlib.Path) -> None:
+    own = f"server.providers.{path.relative_to(PROVIDERS).parts[0]}"
+    allowed = (*BACKEND_MAY_IMPORT, own)
+    project = _own_project_imports(_imports(path))
+    assert sorted(project - set(_hits(project, allowed))) == []
     # grpc itself is allowed: it is the Vertex SDK's upstream transport. Our
-    # own contract (generated code, the rpc layer) is not.
-    assert _hits(_imports(path), ("chuizi", "server.rpc", "server.rest", "server.sandbox")) == []
+    # own contract (generated code) is not.
+    assert _hits(_imports(path), ("chuizi",)) == []
+
+
+@pytest.mark.parametrize(
+    "path", sorted((PROVIDERS / "_shared").rglob("*.py")), ids=lambda p: p.stem
+)
+def test_the_shared_plumbing_imports_no_backend(path: pathlib.Path) -> None:
+    project = _own_project_imports(_imports(path))
+    allowed = ("server.domain", "server.providers._shared")
+    assert sorted(project - set(_hits(project, allowed))) == []
+
+
+def test_every_backend_package_has_the_same_shape() -> None:
+    for name in _backends():
+        modules = {p.stem for p in (PROVIDERS / name).glob("*.py")}
+        assert {"__init__", "backend", "request", "response", "errors"} <= modules, name
 
 
 @pytest.mark.parametrize("package", ["domain", "providers", "storage", "sandbox"], ids=str)

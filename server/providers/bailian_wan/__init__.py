@@ -15,9 +15,11 @@ task API rather than holding one HTTP request open that long:
 - `request`: a call → the submission body (sizes, seed, input images).
 - `errors`: the one table of DashScope error codes → domain errors, used for
   HTTP errors and for errors DashScope reports inside HTTP 200 bodies.
-- `task`: the task's statuses; a poll's answer and a finished task's result.
+- `response`: the task's statuses; a poll's answer and a finished task's result.
 - `download`: fetching the result images from Alibaba's storage.
 - `backend`: the client, and the submit → poll (→ cancel) → download flow.
+
+This module is the backend's plugin (settings, factory).
 
 Polling starts after `poll_initial_s` and backs off by `POLL_BACKOFF` (with
 a little jitter) up to `poll_max_s`; it stops at the deadline (an
@@ -46,78 +48,43 @@ are mapped the same way. A task that SUCCEEDED with fewer images than asked
 counts the ones withheld by moderation as filtered.
 """
 
-from server.providers.bailian_wan.backend import (
-    CANCEL_TIMEOUT_S,
-    DEFAULT_BASE_URL,
-    POLL_BACKOFF,
-    SUBMIT_PATH,
-    BailianWanBackend,
-)
-from server.providers.bailian_wan.download import RESULT_STORAGE
-from server.providers.bailian_wan.errors import (
-    UPSTREAM,
-    classify_error,
-    error_for_code,
-    is_content_code,
-)
-from server.providers.bailian_wan.request import (
-    EDIT_DEFAULT_SIZE,
-    MAX_IMAGES_PER_TASK,
-    MAX_INPUT_IMAGES,
-    MAX_PIXELS,
-    MAX_SEED,
-    MIN_PIXELS,
-    PIXEL_STEP,
-    request_body,
-    upstream_size,
-    wan_size,
-)
-from server.providers.bailian_wan.task import (
-    CANCELED,
-    FAILED,
-    PENDING,
-    RUNNING,
-    SUCCEEDED,
-    TERMINAL,
-    UNKNOWN,
-    TaskResult,
-    TaskState,
-    parse_submission,
-    parse_task,
-    task_result,
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from server.providers._shared.plugin import (
+    BackendPlugin,
+    BackendSettings,
+    NoOptions,
+    backend_settings_config,
 )
 
-__all__ = [
-    "CANCELED",
-    "CANCEL_TIMEOUT_S",
-    "DEFAULT_BASE_URL",
-    "EDIT_DEFAULT_SIZE",
-    "FAILED",
-    "MAX_IMAGES_PER_TASK",
-    "MAX_INPUT_IMAGES",
-    "MAX_PIXELS",
-    "MAX_SEED",
-    "MIN_PIXELS",
-    "PENDING",
-    "PIXEL_STEP",
-    "POLL_BACKOFF",
-    "RESULT_STORAGE",
-    "RUNNING",
-    "SUBMIT_PATH",
-    "SUCCEEDED",
-    "TERMINAL",
-    "UNKNOWN",
-    "UPSTREAM",
-    "BailianWanBackend",
-    "TaskResult",
-    "TaskState",
-    "classify_error",
-    "error_for_code",
-    "is_content_code",
-    "parse_submission",
-    "parse_task",
-    "request_body",
-    "task_result",
-    "upstream_size",
-    "wan_size",
-]
+
+class BailianWanSettings(BackendSettings):
+    """`IMAGE_SERVICE_BAILIAN_*`."""
+
+    model_config = backend_settings_config("IMAGE_SERVICE_BAILIAN_")
+
+    # Region base URL; keys are per region. Beijing is
+    # https://dashscope.aliyuncs.com/api/v1.
+    base_url: str = "https://dashscope-intl.aliyuncs.com/api/v1"
+    api_key: SecretStr | None = None
+    # Per HTTP request (submission, one poll, one download); a task's whole
+    # wait is bounded by the caller's deadline and task_timeout_s.
+    timeout_s: float = Field(default=60.0, gt=0)
+    task_timeout_s: float = Field(default=900.0, gt=0)
+    # Task polling backs off from the first to the second. Task queries are
+    # limited to 20 QPS per account: raise the maximum when many tasks run at once.
+    poll_initial_s: float = Field(default=0.5, gt=0)
+    poll_max_s: float = Field(default=5.0, gt=0)
+    # Result images downloaded at once, across all tasks.
+    download_concurrency: int = Field(default=8, ge=1)
+
+
+PLUGIN = BackendPlugin(
+    key="bailian_wan",
+    settings=BailianWanSettings,
+    required=("base_url", "api_key"),
+    backend="server.providers.bailian_wan.backend:BailianWanBackend",
+    options=NoOptions,
+)

@@ -21,10 +21,11 @@ from server.domain.deadline import Deadline
 from server.domain.errors import ImageServiceError, UpstreamTimeout
 from server.domain.ports import UpstreamCall, UpstreamResult
 from server.domain.retry import RetryPolicy
+from server.providers._shared.http import owned_client, send_once, send_with_retry
 from server.providers.bailian_wan.download import ResultDownloader
 from server.providers.bailian_wan.errors import UPSTREAM, classify_error
 from server.providers.bailian_wan.request import request_body
-from server.providers.bailian_wan.task import (
+from server.providers.bailian_wan.response import (
     PENDING,
     TERMINAL,
     TaskState,
@@ -32,11 +33,9 @@ from server.providers.bailian_wan.task import (
     parse_task,
     task_result,
 )
-from server.providers.http import new_client, send_once, send_with_retry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://dashscope-intl.aliyuncs.com/api/v1"
 SUBMIT_PATH = "/services/aigc/image-generation/generation"
 
 POLL_BACKOFF = 1.5
@@ -51,7 +50,7 @@ class BailianWanBackend:
         self,
         *,
         api_key: SecretStr,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str,
         timeout_s: float = 60.0,
         poll_initial_s: float = 0.5,
         poll_max_s: float = 5.0,
@@ -78,8 +77,8 @@ class BailianWanBackend:
         self._poll_max_s = poll_max_s
         self._task_timeout_s = task_timeout_s
         self._retry = retry or RetryPolicy()
-        self._owns_client = client is None
-        self._client = client or new_client(timeout_s=timeout_s, transport=transport)
+        self._http = owned_client(client, timeout_s=timeout_s, transport=transport)
+        self._client = self._http.resource
         self._downloads = ResultDownloader(
             self._client,
             concurrency=download_concurrency,
@@ -198,5 +197,4 @@ class BailianWanBackend:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._owns_client:
-            await self._client.aclose()
+        await self._http.aclose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import httpx
 
@@ -18,19 +19,15 @@ from server.domain.errors import ImageServiceError, UpstreamUnavailable
 from server.domain.imaging import inspect
 from server.domain.ports import ProducedImage
 from server.domain.retry import RetryPolicy
-from server.providers.bailian_wan.errors import UPSTREAM, unavailable
-from server.providers.http import Upstream, send_with_retry
+from server.providers._shared.http import send_with_retry
+from server.providers._shared.upstream import unavailable
+from server.providers.bailian_wan.errors import UPSTREAM
 
 log = logging.getLogger(__name__)
 
 # The result images live on Alibaba's object storage behind signed URLs; it
 # never sees our key, so its refusals must not read as "check the API key".
-RESULT_STORAGE = Upstream(
-    key="bailian_wan",
-    name="DashScope result storage",
-    credential_setting="IMAGE_SERVICE_BAILIAN_API_KEY",
-    endpoint_setting="IMAGE_SERVICE_BAILIAN_BASE_URL",
-)
+RESULT_STORAGE = replace(UPSTREAM, name="DashScope result storage")
 
 
 def _classify_download(response: httpx.Response) -> ImageServiceError | None:
@@ -49,7 +46,9 @@ def _downloaded_image(response: httpx.Response) -> ProducedImage:
     try:
         mime = inspect(data).mime_type
     except ValueError:
-        raise unavailable("DashScope's result storage returned something not an image.") from None
+        raise unavailable(
+            UPSTREAM, "DashScope's result storage returned something not an image."
+        ) from None
     return ProducedImage(data=data, mime_type=mime)
 
 
@@ -94,7 +93,7 @@ class ResultDownloader:
 
     async def _download(self, url: str, deadline: Deadline) -> ProducedImage:
         if not url.startswith(("https://", "http://")):
-            raise unavailable("DashScope returned a malformed result URL.")
+            raise unavailable(UPSTREAM, "DashScope returned a malformed result URL.")
         async with self._slots:
             # No Authorization header: the URL is signed, and our key must
             # not travel to another host.

@@ -12,7 +12,6 @@ the field to blame; it never reaches the caller.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,18 +27,18 @@ from server.domain.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from server.providers.http import Upstream, blamed_field, parse_retry_after, upstream_error_body
+from server.providers._shared.http import parse_retry_after, upstream_error_body
+from server.providers._shared.upstream import Upstream, blamed_field, safe_code, unavailable
+from server.providers.bailian_wan import PLUGIN
 
 log = logging.getLogger(__name__)
 
 UPSTREAM = Upstream(
-    key="bailian_wan",
+    key=PLUGIN.key,
     name="DashScope",
-    credential_setting="IMAGE_SERVICE_BAILIAN_API_KEY",
-    endpoint_setting="IMAGE_SERVICE_BAILIAN_BASE_URL",
+    credential_setting=PLUGIN.env_var("api_key"),
+    endpoint_setting=PLUGIN.env_var("base_url"),
 )
-
-_SAFE_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
 def is_content_code(code: str) -> bool:
@@ -56,7 +55,7 @@ def error_metadata(code: str, status: int | None) -> dict[str, str]:
     metadata = {"upstream": UPSTREAM.key}
     if status is not None:
         metadata["upstream_status"] = str(status)
-    if code and _SAFE_CODE.match(code):
+    if safe_code(code):
         metadata["upstream_code"] = code
     return metadata
 
@@ -128,12 +127,6 @@ def classify_error(response: httpx.Response) -> ImageServiceError | None:
 # --- errors inside HTTP 200 bodies -----------------------------------------
 
 
-def unavailable(message: str, **metadata: str) -> UpstreamUnavailable:
-    # Retried where it happens inside an attempt: a malformed 200 is most
-    # likely a glitch on the way back.
-    return UpstreamUnavailable(message, metadata={"upstream": UPSTREAM.key, **metadata})
-
-
 def error_in_body(code: str, message: str) -> ImageServiceError:
     """The error for a `code` DashScope reported inside a 200 (never None)."""
     error = error_for_code(code, message)
@@ -148,9 +141,9 @@ def json_object(response: httpx.Response) -> dict[str, Any]:
     try:
         payload = response.json()
     except (ValueError, UnicodeDecodeError):
-        raise unavailable("DashScope returned an unreadable response.") from None
+        raise unavailable(UPSTREAM, "DashScope returned an unreadable response.") from None
     if not isinstance(payload, dict):
-        raise unavailable("DashScope returned an unexpected response.")
+        raise unavailable(UPSTREAM, "DashScope returned an unexpected response.")
     return payload
 
 

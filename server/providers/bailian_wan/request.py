@@ -22,7 +22,7 @@ from server.domain.errors import (
 from server.domain.imaging import inspect
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
-from server.providers.base64_json import b64encode_text
+from server.providers._shared.base64_json import b64encode_text
 
 MAX_IMAGES_PER_TASK = 4
 MAX_INPUT_IMAGES = 9

@@ -10,6 +10,8 @@
 - `client`: the boto3 client and the thread pool its calls run on.
 - `backend`: the retried, deadline-bound call.
 
+This module is the backend's plugin (settings, factory); it imports no boto3.
+
 The catalogue's `upstream_id` is the `modelId`; the request body follows the
 operation:
 
@@ -41,36 +43,44 @@ off (one `RetryPolicy` governs every backend). What botocore does not allow,
 and what that costs, is in `BedrockStabilityBackend`'s docstring.
 """
 
-from server.providers.bedrock_stability.backend import BedrockStabilityBackend
-from server.providers.bedrock_stability.errors import (
-    CREDENTIALS_HINT,
-    REGION_SETTING,
-    UPSTREAM,
-    error_for_botocore_error,
-    error_for_client_error,
-)
-from server.providers.bedrock_stability.request import (
-    ASPECT_RATIOS,
-    DEFAULT_GROW_MASK,
-    MAX_SEED,
-    aspect_ratio_for,
-    request_body,
-    upstream_seed,
-)
-from server.providers.bedrock_stability.response import parse_response
+from __future__ import annotations
 
-__all__ = [
-    "ASPECT_RATIOS",
-    "CREDENTIALS_HINT",
-    "DEFAULT_GROW_MASK",
-    "MAX_SEED",
-    "REGION_SETTING",
-    "UPSTREAM",
-    "BedrockStabilityBackend",
-    "aspect_ratio_for",
-    "error_for_botocore_error",
-    "error_for_client_error",
-    "parse_response",
-    "request_body",
-    "upstream_seed",
-]
+from pydantic import Field, SecretStr
+
+from server.providers._shared.plugin import (
+    BackendPlugin,
+    BackendSettings,
+    NoOptions,
+    backend_settings_config,
+)
+
+
+class BedrockStabilitySettings(BackendSettings):
+    """`IMAGE_SERVICE_BEDROCK_*`."""
+
+    model_config = backend_settings_config("IMAGE_SERVICE_BEDROCK_")
+
+    # Region of the models, e.g. us-west-2; setting it enables the backend.
+    # Credentials are not settings: boto3's standard chain finds them
+    # (AWS_* variables, AWS_PROFILE and shared config, IRSA, instance role).
+    region: str = ""
+    # Replaces https://bedrock-runtime.<region>.amazonaws.com (the sandbox, or
+    # a VPC endpoint).
+    endpoint_url: str = ""
+    # Static keys for the sandbox and tests only; when both are unset (as in
+    # production) the standard chain is used. Set both or neither.
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    # Per attempt; also botocore's read timeout (per socket read).
+    timeout_s: float = Field(default=120.0, gt=0)
+    # Connections to Bedrock, and the threads running boto3 calls.
+    max_connections: int = Field(default=16, ge=1, le=256)
+
+
+PLUGIN = BackendPlugin(
+    key="bedrock_stability",
+    settings=BedrockStabilitySettings,
+    required=("region",),
+    backend="server.providers.bedrock_stability.backend:BedrockStabilityBackend",
+    options=NoOptions,
+)

@@ -10,11 +10,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
 from server.domain.deadline import Deadline
-from server.domain.errors import UpstreamTimeout, UpstreamUnavailable
 from server.domain.ports import UpstreamCall, UpstreamResult
 from server.domain.retry import RetryPolicy
+from server.providers._shared.upstream import attempt_within, unavailable
+from server.providers.bedrock_stability import PLUGIN
 from server.providers.bedrock_stability.client import given, new_client, new_executor
 from server.providers.bedrock_stability.errors import (
+    ENDPOINT_SETTING,
     REGION_SETTING,
     UPSTREAM,
     error_for_botocore_error,
@@ -71,18 +73,18 @@ class BedrockStabilityBackend:
         if not region:
             raise ValueError(f"{REGION_SETTING} is required")
         if endpoint_url and not endpoint_url.startswith(("http://", "https://")):
-            raise ValueError("IMAGE_SERVICE_BEDROCK_ENDPOINT_URL must be an http(s) URL")
+            raise ValueError(f"{ENDPOINT_SETTING} must be an http(s) URL")
         key_id, secret = given(access_key_id), given(secret_access_key)
         if (key_id is None) != (secret is None):
             raise ValueError(
-                "IMAGE_SERVICE_BEDROCK_ACCESS_KEY_ID and IMAGE_SERVICE_BEDROCK_SECRET_ACCESS_KEY "
+                f"{PLUGIN.env_var('access_key_id')} and {PLUGIN.env_var('secret_access_key')} "
                 "must be set together (or neither, to use the standard credential chain)"
             )
         self._timeout_s = timeout_s
         self._retry = retry or RetryPolicy()
         self._client: BedrockRuntimeClient = new_client(
             region=region,
-            endpoint_url=endpoint_url,
+            endpoint_url=endpoint_url or None,
             access_key_id=key_id,
             secret_access_key=secret,
             timeout_s=timeout_s,
@@ -104,39 +106,28 @@ class BedrockStabilityBackend:
             stream.close()
         return parse_response(raw)
 
-    async def _attempt(self, model_id: str, body: bytes, deadline: Deadline) -> UpstreamResult:
-        if self._closed:
-            raise UpstreamUnavailable(
-                "The Bedrock backend is shut down.", metadata={"upstream": UPSTREAM.key}
-            )
-        budget = deadline.cap(self._timeout_s)
-        if budget <= 0:
-            raise UpstreamTimeout(
-                "The deadline passed before the upstream answered.",
-                metadata={"upstream": UPSTREAM.key},
-            )
+    async def _invoke_mapped(self, model_id: str, body: bytes) -> UpstreamResult:
+        """One InvokeModel on the pool, botocore's exceptions mapped to domain errors."""
         loop = asyncio.get_running_loop()
         detail = ""
         try:
-            async with asyncio.timeout(budget):
-                return await loop.run_in_executor(self._executor, self._invoke, model_id, body)
+            return await loop.run_in_executor(self._executor, self._invoke, model_id, body)
         except ClientError as error:
             mapped = error_for_client_error(error)
             detail = str(error.response.get("Error", {}).get("Message", ""))
         except BotoCoreError as error:
             mapped = error_for_botocore_error(error)
-        except TimeoutError:
-            mapped = UpstreamTimeout(
-                f"{UPSTREAM.name} did not answer in time.", metadata={"upstream": UPSTREAM.key}
-            )
-        if deadline.expired() and not isinstance(mapped, UpstreamTimeout):
-            mapped = UpstreamTimeout(
-                f"{UPSTREAM.name} did not answer in time.", metadata=mapped.metadata
-            )
         log_failure(mapped, model_id, detail)
         # Raised outside the except blocks so the botocore exception (which
         # quotes the upstream's message) is not attached as __context__.
         raise mapped
+
+    async def _attempt(self, model_id: str, body: bytes, deadline: Deadline) -> UpstreamResult:
+        if self._closed:
+            raise unavailable(UPSTREAM, "The Bedrock backend is shut down.")
+        return await attempt_within(
+            deadline, self._timeout_s, UPSTREAM, lambda _: self._invoke_mapped(model_id, body)
+        )
 
     async def run(self, call: UpstreamCall, deadline: Deadline) -> UpstreamResult:
         """One Stability generation or edit, retried within `deadline`."""

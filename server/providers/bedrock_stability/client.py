@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from pydantic import SecretStr
 
-from server.providers.http import CONNECT_TIMEOUT_S, USER_AGENT
+from server.providers._shared.upstream import CONNECT_TIMEOUT_S, USER_AGENT
 
 if TYPE_CHECKING:
     from mypy_boto3_bedrock_runtime import BedrockRuntimeClient

@@ -9,7 +9,6 @@ Messages never quote the upstream's text; `log_failure` logs it at debug.
 from __future__ import annotations
 
 import logging
-import re
 
 from botocore.exceptions import (
     BaseEndpointResolverError,
@@ -42,24 +41,24 @@ from server.domain.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from server.providers.http import Upstream, blamed_field
+from server.providers._shared.upstream import Upstream, blamed_field, safe_code
+from server.providers.bedrock_stability import PLUGIN
 
 log = logging.getLogger(__name__)
 
 UPSTREAM = Upstream(
-    key="bedrock_stability",
+    key=PLUGIN.key,
     name="Amazon Bedrock",
     # There is no credential setting: boto3's standard chain supplies them.
     credential_setting="the AWS credentials (boto3's standard chain)",
-    endpoint_setting="IMAGE_SERVICE_BEDROCK_REGION",
+    endpoint_setting=PLUGIN.env_var("region"),
 )
-REGION_SETTING = "IMAGE_SERVICE_BEDROCK_REGION"
+REGION_SETTING = PLUGIN.env_var("region")
+ENDPOINT_SETTING = PLUGIN.env_var("endpoint_url")
 CREDENTIALS_HINT = (
     "AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
     "IRSA or an instance role)"
 )
-
-_SAFE_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
 
 _THROTTLED = frozenset({"ThrottlingException", "TooManyRequestsException"})
 _UNAVAILABLE = frozenset(
@@ -98,15 +97,9 @@ _MISCONFIGURED = (
 )
 
 
-def unavailable(message: str) -> UpstreamUnavailable:
-    # Retried: a malformed 200 is most likely a glitch on the way back.
-    return UpstreamUnavailable(message, metadata={"upstream": UPSTREAM.key})
-
-
 def _error_code(error: ClientError) -> str:
     """The error code, if it looks like one (it ends up in messages and metadata)."""
-    code = str(error.response.get("Error", {}).get("Code", ""))
-    return code if _SAFE_CODE.fullmatch(code) else ""
+    return safe_code(str(error.response.get("Error", {}).get("Code", "")))
 
 
 def _error_status(error: ClientError) -> int:
@@ -197,7 +190,7 @@ def error_for_botocore_error(error: BotoCoreError) -> ImageServiceError:
     if isinstance(error, _MISCONFIGURED):
         return BackendNotConfigured(
             f"The {name} client is misconfigured; check {REGION_SETTING} and "
-            "IMAGE_SERVICE_BEDROCK_ENDPOINT_URL (bearer API keys need an https endpoint).",
+            f"{ENDPOINT_SETTING} (bearer API keys need an https endpoint).",
             metadata={**metadata, "setting": REGION_SETTING},
         )
     if isinstance(error, _CREDENTIALS_FAILED):

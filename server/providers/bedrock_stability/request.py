@@ -25,7 +25,7 @@ from server.domain.errors import (
 )
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
-from server.providers.base64_json import b64encode_text
+from server.providers._shared.base64_json import b64encode_text
 
 # Text-to-image ratios of SD3.5 Large, Stable Image Core and Ultra.
 ASPECT_RATIOS = ("21:9", "16:9", "3:2", "5:4", "1:1", "4:5", "2:3", "9:16", "9:21")

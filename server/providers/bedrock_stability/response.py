@@ -13,8 +13,9 @@ import json
 from server.domain.errors import ContentRejected
 from server.domain.imaging import sniff_mime_type
 from server.domain.ports import ProducedImage, UpstreamResult
-from server.providers.base64_json import b64decode
-from server.providers.bedrock_stability.errors import UPSTREAM, unavailable
+from server.providers._shared.base64_json import b64decode
+from server.providers._shared.upstream import unavailable
+from server.providers.bedrock_stability.errors import UPSTREAM
 
 _FILTER_PREFIX = "filter reason:"
 _FILTER_TARGETS = frozenset({"prompt", "input image", "output image"})
@@ -32,13 +33,13 @@ def parse_response(raw: bytes) -> UpstreamResult:
     try:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise unavailable("Amazon Bedrock returned an unreadable response.") from None
+        raise unavailable(UPSTREAM, "Amazon Bedrock returned an unreadable response.") from None
     if not isinstance(payload, dict):
-        raise unavailable("Amazon Bedrock returned an unreadable response.")
+        raise unavailable(UPSTREAM, "Amazon Bedrock returned an unreadable response.")
     images = payload.get("images") or []
     reasons = payload.get("finish_reasons") or []
     if not isinstance(images, list) or not isinstance(reasons, list):
-        raise unavailable("Amazon Bedrock returned an unreadable response.")
+        raise unavailable(UPSTREAM, "Amazon Bedrock returned an unreadable response.")
     produced: list[ProducedImage] = []
     filtered: list[str] = []
     inference_errors = 0
@@ -57,7 +58,7 @@ def parse_response(raw: bytes) -> UpstreamResult:
         try:
             data = b64decode(encoded)
         except (binascii.Error, ValueError):
-            raise unavailable("Amazon Bedrock returned a corrupt image.") from None
+            raise unavailable(UPSTREAM, "Amazon Bedrock returned a corrupt image.") from None
         produced.append(ProducedImage(data=data, mime_type=sniff_mime_type(data)))
     if produced:
         return UpstreamResult(images=tuple(produced), filtered=len(filtered))
@@ -69,5 +70,7 @@ def parse_response(raw: bytes) -> UpstreamResult:
             metadata={"upstream": UPSTREAM.key, "filter": ",".join(targets)},
         )
     if inference_errors:
-        raise unavailable("The Stability model failed to produce an image (inference error).")
-    raise unavailable("Amazon Bedrock returned no image.")
+        raise unavailable(
+            UPSTREAM, "The Stability model failed to produce an image (inference error)."
+        )
+    raise unavailable(UPSTREAM, "Amazon Bedrock returned no image.")

@@ -19,17 +19,18 @@ from google.oauth2 import service_account
 from google.protobuf import json_format, struct_pb2
 
 from server.domain.deadline import Deadline
-from server.domain.errors import UpstreamTimeout
 from server.domain.ports import UpstreamCall, UpstreamResult
 from server.domain.retry import RetryPolicy
-from server.providers.vertex_imagen.request import request_parameters
-from server.providers.vertex_imagen.response import (
+from server.providers._shared.owned import Owned
+from server.providers._shared.upstream import attempt_within
+from server.providers.vertex_imagen.errors import (
     LOCATION_SETTING,
     PROJECT_SETTING,
     UPSTREAM,
     error_for_exception,
-    parse_response,
 )
+from server.providers.vertex_imagen.request import request_parameters
+from server.providers.vertex_imagen.response import parse_response
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
@@ -75,13 +76,13 @@ class VertexImagenBackend:
         `channel`, if given, is used as is and not closed by `aclose`;
         otherwise credentials are `credentials`, else loaded from
         `credentials_file`, else Application Default Credentials."""
+        owns_channel = channel is None
         if not project or not location:
             raise ValueError(f"{PROJECT_SETTING} and {LOCATION_SETTING} must be set")
         self._project = project
         self._location = location
         self._timeout_s = timeout_s
         self._retry = retry or RetryPolicy()
-        self._owns_channel = channel is None
         endpoint = api_endpoint or (
             "aiplatform.googleapis.com"
             if location == "global"
@@ -100,17 +101,20 @@ class VertexImagenBackend:
             )
         if channel is not None:
             transport = PredictionServiceGrpcAsyncIOTransport(host=endpoint, channel=channel)
-            self._client = PredictionServiceAsyncClient(transport=transport)
+            client = PredictionServiceAsyncClient(transport=transport)
         else:
-            self._client = PredictionServiceAsyncClient(
+            client = PredictionServiceAsyncClient(
                 credentials=credentials or load_credentials(credentials_file),
                 client_options=ClientOptions(api_endpoint=endpoint),
             )
+        # A channel handed in (`channel` given) is its owner's to close; one
+        # made here, for the sandbox or the real endpoint, is ours.
+        self._client = Owned(client, client.transport.close if owns_channel else None)
 
     @property
     def client(self) -> PredictionServiceAsyncClient:
         """The one prediction client (for inspection)."""
-        return self._client
+        return self._client.resource
 
     def model_path(self, upstream_id: str) -> str:
         return (
@@ -130,28 +134,17 @@ class VertexImagenBackend:
         )
         request = prediction_service.PredictRequest.wrap(raw)
 
-        async def attempt() -> UpstreamResult:
-            budget = deadline.cap(self._timeout_s)
-            if budget <= 0:
-                raise UpstreamTimeout(
-                    "The deadline passed before the upstream answered.",
-                    metadata={"upstream": UPSTREAM.key},
-                )
+        async def attempt(budget: float) -> UpstreamResult:
             try:
-                response = await self._client.predict(request=request, retry=None, timeout=budget)
+                response = await self.client.predict(request=request, retry=None, timeout=budget)
             except (api_exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as error:
-                mapped = error_for_exception(error, upstream_id)
-                if deadline.expired() and not isinstance(mapped, UpstreamTimeout):
-                    raise UpstreamTimeout(
-                        f"{UPSTREAM.name} did not answer in time.",
-                        metadata={"upstream": UPSTREAM.key},
-                    ) from error
-                raise mapped from error
+                raise error_for_exception(error, upstream_id) from error
             # Decoding up to four multi-megabyte images is kept off the loop.
             return await asyncio.to_thread(parse_response, response, call.count)
 
-        return await self._retry.run(attempt, deadline)
+        return await self._retry.run(
+            lambda: attempt_within(deadline, self._timeout_s, UPSTREAM, attempt), deadline
+        )
 
     async def aclose(self) -> None:
-        if self._owns_channel:
-            await self._client.transport.close()  # type: ignore[no-untyped-call]
+        await self._client.aclose()

@@ -23,11 +23,11 @@ from typing import Any
 from server.domain.errors import CapabilityNotSupported, FieldViolation, ImageServiceError
 from server.domain.ports import UpstreamCall
 from server.domain.requests import DEFAULT_SIZE, Operation, Size
+from server.providers.vertex_imagen import TIERS, VertexImagenOptions
 
 MAX_IMAGES_PER_CALL = 4
 MAX_SIDE = 2048
 ASPECT_RATIOS = {"1:1": 1.0, "3:4": 3 / 4, "4:3": 4 / 3, "9:16": 9 / 16, "16:9": 16 / 9}
-TIERS = ("1K", "2K")
 # Imagen 4's output sizes (Google's Imagen 4 model pages).
 PIXELS: dict[tuple[str, str], Size] = {
     ("1:1", "1K"): Size(1024, 1024),
@@ -81,9 +81,9 @@ def request_parameters(call: UpstreamCall) -> dict[str, Any]:
         )
     if not 1 <= call.count <= MAX_IMAGES_PER_CALL:
         raise ImageServiceError(f"Imagen takes 1 to {MAX_IMAGES_PER_CALL} images per call.")
-    options = call.model.options
-    tiers = tuple(t.strip().upper() for t in options.get("sample_image_sizes", "1K,2K").split(","))
-    output = output_for(call.size or DEFAULT_SIZE, tiers)
+    # Validated at start-up (registry.check_catalogue).
+    options = VertexImagenOptions.model_validate(call.model.options)
+    output = output_for(call.size or DEFAULT_SIZE, options.sample_image_sizes)
     parameters: dict[str, Any] = {
         "sampleCount": call.count,
         "aspectRatio": output.aspect_ratio,
@@ -95,6 +95,6 @@ def request_parameters(call: UpstreamCall) -> dict[str, Any]:
         # Imagen refuses a seed while its (default-on) SynthID watermark is.
         parameters["seed"] = call.seed % 2**32
         parameters["addWatermark"] = False
-    if "enhance_prompt" in options:
-        parameters["enhancePrompt"] = options["enhance_prompt"].strip().lower() == "true"
+    if options.enhance_prompt is not None:
+        parameters["enhancePrompt"] = options.enhance_prompt
     return parameters

@@ -21,7 +21,6 @@ goes to the log (status and error code at warning, a body excerpt at debug).
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import logging
@@ -46,52 +45,27 @@ from server.domain.errors import (
     UpstreamUnavailable,
 )
 from server.domain.retry import RetryPolicy
-from server.providers.aiohttp_transport import AiohttpTransport
+from server.providers._shared.aiohttp_transport import AiohttpTransport
+from server.providers._shared.owned import Owned
+from server.providers._shared.upstream import (
+    CONNECT_TIMEOUT_S,
+    DEFAULT_FIELD_HINTS,
+    USER_AGENT,
+    Upstream,
+    attempt_within,
+    blamed_field,
+    safe_code,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-USER_AGENT = "chuizi-image-service/0.1"
-# Connecting is quick or not happening; the long budget is for the upstream
-# to generate, which FLUX.2 and Wan take minutes to do.
-CONNECT_TIMEOUT_S = 10.0
 # Below most load balancers' idle timeouts, so we drop idle connections
 # before the far side does and a request never lands on a dying one.
 KEEPALIVE_EXPIRY_S = 30.0
 
-# Substrings of an upstream's 400 message → the request field to blame.
-# Checked in order; the first match wins.
-DEFAULT_FIELD_HINTS: tuple[tuple[str, str], ...] = (
-    ("mask", "mask"),
-    ("input_image", "images"),
-    ("image", "images"),
-    ("aspect_ratio", "size"),
-    ("width", "size"),
-    ("height", "size"),
-    ("size", "size"),
-    ("seed", "seed"),
-    ("prompt", "prompt"),
-)
-# Blamed when nothing in the upstream's answer names a field.
-WHOLE_REQUEST = "request"
-
-_SAFE_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _SECRETISH = re.compile(r"(?i)(bearer\s+|api[-_]?key[\"'=:\s]+)[^\s\"',]+")
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """Who a backend talks to, for messages, metadata and logs.
-
-    `key` is the backend's registry key; the settings are the environment
-    variables a message tells the operator to check.
-    """
-
-    key: str
-    name: str
-    credential_setting: str
-    endpoint_setting: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,6 +109,21 @@ def new_client(
         or AiohttpTransport(max_connections=max_connections, keepalive_expiry_s=KEEPALIVE_EXPIRY_S),
         follow_redirects=False,
     )
+
+
+def owned_client(
+    client: httpx.AsyncClient | None,
+    *,
+    timeout_s: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+    max_connections: int | None = None,
+) -> Owned[httpx.AsyncClient]:
+    """`client` as given (its owner closes it), else a `new_client` this
+    backend owns and closes in its `aclose`."""
+    if client is not None:
+        return Owned(client)
+    made = new_client(timeout_s=timeout_s, transport=transport, max_connections=max_connections)
+    return Owned(made, made.aclose)
 
 
 @contextmanager
@@ -218,23 +207,6 @@ def _redacted_excerpt(text: str, limit: int = 500) -> str:
     return _SECRETISH.sub(r"\1[redacted]", " ".join(text.split()))[:limit]
 
 
-def _blamed_field(message: str, hints: Sequence[tuple[str, str]]) -> str:
-    lowered = message.lower()
-    for needle, field in hints:
-        if needle in lowered:
-            return field
-    return WHOLE_REQUEST
-
-
-def blamed_field(message: str, hints: Sequence[tuple[str, str]] = DEFAULT_FIELD_HINTS) -> str:
-    """The request field an upstream's error `message` names, else `WHOLE_REQUEST`.
-
-    For errors found inside a 2xx body (an asynchronous task that failed),
-    where `error_for_status` does not apply.
-    """
-    return _blamed_field(message, hints)
-
-
 def error_for_status(
     response: httpx.Response,
     upstream: Upstream,
@@ -269,8 +241,8 @@ def error_for_status(
             return classified
 
     metadata = {"upstream": upstream.key, "upstream_status": str(status)}
-    if body.code and _SAFE_CODE.match(body.code):
-        metadata["upstream_code"] = body.code
+    if code := safe_code(body.code):
+        metadata["upstream_code"] = code
     retry_after = parse_retry_after(response.headers)
     name = upstream.name
 
@@ -294,7 +266,7 @@ def error_for_status(
             retry_after=retry_after,
         )
     if 400 <= status < 500:
-        field = _blamed_field(body.message, field_hints)
+        field = blamed_field(body.message, field_hints)
         return UpstreamRejected(
             [FieldViolation(field, f"rejected by {name}")],
             message=f"{name} rejected the request (HTTP {status}).",
@@ -324,36 +296,20 @@ async def send_once(
     `min(timeout_s, deadline.remaining())`; running out of that is
     `UpstreamTimeout`, as is any failure once the deadline has passed.
     """
-    budget = deadline.cap(timeout_s)
-    if budget <= 0:
-        raise UpstreamTimeout(
-            "The deadline passed before the upstream answered.",
-            metadata={"upstream": upstream.key},
+
+    async def attempt(budget: float) -> httpx.Response:
+        request = client.build_request(
+            method,
+            url,
+            content=content,
+            params=params,
+            headers=headers,
+            timeout=httpx.Timeout(budget, connect=min(budget, CONNECT_TIMEOUT_S)),
         )
-    request = client.build_request(
-        method,
-        url,
-        content=content,
-        params=params,
-        headers=headers,
-        timeout=httpx.Timeout(budget, connect=min(budget, CONNECT_TIMEOUT_S)),
-    )
-    try:
-        # httpx's timeouts bound each socket operation; this bounds the sum,
-        # so a slowly trickling response cannot outlive the deadline.
-        async with asyncio.timeout(budget):
-            with transport_errors(upstream):
-                response = await client.send(request)
-    except TimeoutError:
-        raise UpstreamTimeout(
-            f"{upstream.name} did not answer in time.", metadata={"upstream": upstream.key}
-        ) from None
-    except ImageServiceError as error:
-        if deadline.expired() and not isinstance(error, UpstreamTimeout):
-            raise UpstreamTimeout(
-                f"{upstream.name} did not answer in time.", metadata={"upstream": upstream.key}
-            ) from error
-        raise
+        with transport_errors(upstream):
+            return await client.send(request)
+
+    response = await attempt_within(deadline, timeout_s, upstream, attempt)
     if response.is_success:
         return response
     raise error_for_status(response, upstream, classify=classify)

@@ -19,14 +19,15 @@ from typing import Any
 import httpx
 
 from server.domain.errors import ImageServiceError
+from server.providers._shared.upstream import unavailable
 from server.providers.bailian_wan.errors import (
+    UPSTREAM,
     code_and_message,
     content_rejected,
     error_in_body,
     error_metadata,
     is_content_code,
     json_object,
-    unavailable,
 )
 
 PENDING = "PENDING"
@@ -56,14 +57,14 @@ def parse_task(response: httpx.Response) -> TaskState:
         code, message = code_and_message(payload)
         if code:
             raise error_in_body(code, message)
-        raise unavailable("DashScope returned no task.")
+        raise unavailable(UPSTREAM, "DashScope returned no task.")
     task_id = output.get("task_id")
     status = str(output.get("task_status", "")).upper()
     if not isinstance(task_id, str) or not task_id or status not in _STATUSES:
         code, message = code_and_message(payload)
         if code:
             raise error_in_body(code, message)
-        raise unavailable("DashScope returned a malformed task.")
+        raise unavailable(UPSTREAM, "DashScope returned a malformed task.")
     return TaskState(task_id, status, output)
 
 
@@ -79,7 +80,9 @@ def _task_error(state: TaskState) -> ImageServiceError:
     code, message = code_and_message(state.output)
     if code:
         return error_in_body(code, message)
-    return unavailable("The DashScope task failed without saying why.", task_id=state.task_id)
+    return unavailable(
+        UPSTREAM, "The DashScope task failed without saying why.", task_id=state.task_id
+    )
 
 
 @dataclass(frozen=True)
@@ -136,10 +139,14 @@ def task_result(state: TaskState, requested: int) -> TaskResult:
     if state.status == FAILED:
         raise _task_error(state)
     if state.status == CANCELED:
-        raise unavailable("The DashScope task was cancelled upstream.", task_id=state.task_id)
+        raise unavailable(
+            UPSTREAM, "The DashScope task was cancelled upstream.", task_id=state.task_id
+        )
     if state.status == UNKNOWN:
         raise unavailable(
-            "DashScope no longer knows the task (expired or unknown).", task_id=state.task_id
+            UPSTREAM,
+            "DashScope no longer knows the task (expired or unknown).",
+            task_id=state.task_id,
         )
     output = state.output
     codes: list[str] = []
@@ -161,5 +168,7 @@ def task_result(state: TaskState, requested: int) -> TaskResult:
             raise content_rejected(error_metadata(top_code or codes[0], None))
         if top_code or codes:
             raise error_in_body(top_code or codes[0], top_message)
-        raise unavailable("The DashScope task succeeded without images.", task_id=state.task_id)
+        raise unavailable(
+            UPSTREAM, "The DashScope task succeeded without images.", task_id=state.task_id
+        )
     return TaskResult(tuple(urls), failed=failed, filtered=filtered)

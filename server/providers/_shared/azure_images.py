@@ -19,9 +19,10 @@ import binascii
 from collections.abc import Callable
 from typing import Any
 
-from server.domain.errors import ContentRejected, UpstreamUnavailable
+from server.domain.errors import ContentRejected
 from server.domain.ports import ProducedImage, UpstreamResult
-from server.providers.http import Upstream, UpstreamErrorBody
+from server.providers._shared.http import UpstreamErrorBody
+from server.providers._shared.upstream import Upstream, unavailable
 
 # Error codes (top-level or `innererror`) of a content-filter refusal.
 FILTER_CODES = frozenset({"content_filter", "contentfilter", "responsibleaipolicyviolation"})
@@ -49,11 +50,6 @@ def filtered_categories(results: Any) -> list[str]:
         and verdict.get("filtered") is True
         and str(name).isidentifier()
     )
-
-
-def unavailable(upstream: Upstream, message: str) -> UpstreamUnavailable:
-    # Retried: a malformed 200 is most likely a glitch on the way back.
-    return UpstreamUnavailable(message, metadata={"upstream": upstream.key})
 
 
 def parse_images(
