@@ -20,7 +20,7 @@ What the transport guarantees:
 - httpx's per-request timeouts are honoured: `connect` bounds waiting for a
   pooled connection plus connecting, `read` bounds each socket read;
 - aiohttp's failures come out as the httpx exceptions that
-  `server.providers.http.transport_errors` maps: connect failures as
+  `server.providers._shared.http.transport_errors` maps: connect failures as
   `ConnectError`/`ConnectTimeout`, a read timeout as `ReadTimeout`, a
   dropped connection or a truncated body as `ReadError`, a malformed
   answer as `RemoteProtocolError`;
