@@ -18,6 +18,8 @@ from collections.abc import Generator
 import uvicorn
 from starlette.types import ASGIApp
 
+from server.netloc import http_url
+
 # Longer than clients' idle pool timeouts, so the server never closes a
 # pooled connection under a client between requests (which would make every
 # idle gap cost a retry).
@@ -71,8 +73,7 @@ class AsgiServer:
 
     @property
     def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
     async def start(self) -> None:
         """Bind, start serving and return once requests are accepted."""

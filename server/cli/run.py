@@ -65,7 +65,7 @@ async def _until_signalled(stop: Callable[[], Awaitable[None]]) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from server.app import create_grpc_service
-    from server.rpc.server import host_port
+    from server.netloc import host_port
     from server.settings import Settings
 
     overrides: dict[str, Any] = {}

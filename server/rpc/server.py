@@ -16,17 +16,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.domain.orchestrator import Orchestrator
+from server.netloc import host_port
 from server.rpc.servicer import ImageServicer
 from server.settings import Settings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
 _HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _MAX_PENDING_CALLS = 10_000
-
-
-def host_port(host: str, port: int) -> str:
-    """`host:port`, with an IPv6 literal in brackets (`[::]:50051`)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

@@ -32,6 +32,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.asgi import AsgiServer
+from server.netloc import http_url
 from server.sandbox.azure_flux import AzureFluxEmulator
 from server.sandbox.azure_mai import AzureMaiEmulator
 from server.sandbox.bailian_wan import BailianWanEmulator
@@ -131,8 +132,7 @@ class SandboxServer:
 
     @property
     def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
     def settings_overrides(self) -> dict[str, str]:
         """`Settings` field values pointing every backend at its emulator."""

@@ -16,7 +16,8 @@ from server.domain.backends import Backends
 from server.domain.catalogue import Catalogue
 from server.domain.orchestrator import Orchestrator
 from server.domain.retry import RetryPolicy
-from server.rpc.server import GrpcServer, host_port
+from server.netloc import host_port
+from server.rpc.server import GrpcServer
 from server.settings import Settings
 from server.storage.local import LocalDirectoryStore
 

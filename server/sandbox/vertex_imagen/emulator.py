@@ -13,6 +13,7 @@ from google.cloud.aiplatform_v1.types import prediction_service
 from google.protobuf import json_format, struct_pb2
 from starlette.routing import BaseRoute
 
+from server.netloc import http_url
 from server.sandbox.faults import Exchange, FaultMode, FaultPlan, SandboxClosing
 from server.sandbox.vertex_imagen.errors import Dropped, RpcError, error_info, invalid, status_bytes
 from server.sandbox.vertex_imagen.predictions import fault_error, render_predictions
@@ -81,8 +82,7 @@ class VertexImagenEmulator:
     @property
     def endpoint(self) -> str:
         """The backend's `api_endpoint` for this emulator (plaintext)."""
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}"
+        return http_url(self._host, self.port)
 
     def settings_overrides(self, base_url: str) -> dict[str, str]:
         """`Settings` field values that point the real backend at this emulator."""
