@@ -14,6 +14,7 @@ measured figure).
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -59,6 +60,9 @@ def sniff_mime_type(data: bytes) -> str:
     return "application/octet-stream"
 
 
+_WARNINGS_LOCK = threading.Lock()
+
+
 def _open(data: bytes, max_pixels: int | None) -> Image.Image:
     """Open `data` reading only its header, and check the pixel budget.
 
@@ -67,7 +71,11 @@ def _open(data: bytes, max_pixels: int | None) -> Image.Image:
     not a PNG, JPEG or WebP.
     """
     try:
-        with warnings.catch_warnings():
+        # catch_warnings swaps process-wide state, and images are opened in
+        # worker threads: two overlapping blocks could restore each other's
+        # filters and leave "error" installed for good. Opening reads only the
+        # header, so holding a lock for it costs microseconds.
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             # Pillow warns past MAX_IMAGE_PIXELS and raises past twice that;
             # both mean the same here: too many pixels to decode.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
