@@ -96,9 +96,10 @@ async def create_grpc_service(
     *,
     backends: Backends | None = None,
     store: BlobStore | None = None,
+    catalogue: Catalogue | None = None,
 ) -> GrpcService:
     """Build (but do not start) the service from `settings`."""
-    catalogue = Catalogue.load()
+    catalogue = catalogue or Catalogue.load()
     check_catalogue(catalogue)  # a bad catalogue `options` value fails start-up
     if backends is None:
         configured, missing = build_backends(settings, {m.backend for m in catalogue})

@@ -16,6 +16,9 @@ class ModelListing:
 
     spec: ModelSpec
     configured: bool
+    # The catalogue name that serves calls naming this model, when a retired
+    # model is routed to its successor on this deployment.
+    routes_to: str = ""
 
 
 class Backends:

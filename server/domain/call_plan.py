@@ -3,8 +3,10 @@ outcomes add up to the failures a generation reports."""
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
+from server.domain.catalogue import ModelSpec, SeedSupport
 from server.domain.errors import ContentRejected, ImageServiceError
 from server.domain.ports import UpstreamCall
 from server.domain.records import ImageFailure
@@ -19,9 +21,39 @@ class PlannedCall:
     call: UpstreamCall
 
 
+SEED_RANGE = 2**32
+
+
+def call_seeds(spec: ModelSpec, seed: int | None, firsts: list[int]) -> list[int | None]:
+    """The seed of each upstream call of one generation, in order.
+
+    Calls get distinct seeds derived from the caller's (its seed plus the
+    index of the call's first image, so the call that makes image 0 gets
+    the caller's seed exactly), or from a random base where the upstream
+    takes a seed and the caller gave none: n identical requests would
+    otherwise return n copies of one image. None where no seed is sent.
+    """
+    if spec.seed is SeedSupport.NONE:
+        return [None for _ in firsts]
+    if seed is None:
+        if spec.seed is not SeedSupport.RANDOM:
+            return [None for _ in firsts]
+        # Below 2**31 so that every upstream range takes it unwrapped.
+        seed = secrets.randbelow(2**31 - spec.max_images_per_request)
+    return [(seed + first) % SEED_RANGE for first in firsts]
+
+
+def seed_warnings(spec: ModelSpec, seed: int | None) -> tuple[str, ...]:
+    """What to tell a caller whose seed the model cannot use."""
+    if seed is not None and spec.seed is SeedSupport.NONE:
+        return (f"{spec.name} takes no seed; the request's seed was not used.",)
+    return ()
+
+
 def plan_calls(valid: ValidRequest, seed: int | None) -> list[PlannedCall]:
     """Split n images into calls of at most the model's images_per_call each."""
     per_call = max(1, valid.spec.images_per_call)
+    firsts = list(range(0, valid.n, per_call))
     return [
         PlannedCall(
             first,
@@ -33,12 +65,12 @@ def plan_calls(valid: ValidRequest, seed: int | None) -> list[PlannedCall]:
                 operation=valid.operation,
                 images=valid.images,
                 mask=valid.mask,
-                # Distinct seeds per fan-out call, or n calls would return
-                # n copies of the same image.
-                seed=None if seed is None else seed + first,
+                seed=call_seed,
             ),
         )
-        for first in range(0, valid.n, per_call)
+        for first, call_seed in zip(
+            firsts, call_seeds(valid.spec, seed, firsts), strict=True
+        )
     ]
 
 

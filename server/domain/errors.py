@@ -101,6 +101,16 @@ class ModelNotFound(ImageServiceError):
     reason = "MODEL_NOT_FOUND"
 
 
+class ModelRetired(ImageServiceError):
+    """The model was retired and this deployment refuses calls naming it.
+
+    Metadata names the `successor` (empty when there is none) and the
+    `retirement_date`.
+    """
+
+    reason = "MODEL_RETIRED"
+
+
 class GenerationNotFound(ImageServiceError):
     reason = "GENERATION_NOT_FOUND"
 

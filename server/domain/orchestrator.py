@@ -27,8 +27,9 @@ from server.domain.call_plan import (
     failures,
     most_telling_error,
     plan_calls,
+    seed_warnings,
 )
-from server.domain.catalogue import Catalogue
+from server.domain.catalogue import Catalogue, Resolution
 from server.domain.deadline import Deadline
 from server.domain.errors import GenerationNotFound, ImageServiceError, RequestIdConflict
 from server.domain.events import GenerationDone, ImageReady, StreamEvent
@@ -74,10 +75,17 @@ class Orchestrator:
         self._request_locks = RequestLocks()
 
     def list_models(self) -> list[ModelListing]:
-        return [
-            ModelListing(spec, self._backends.is_configured(spec.backend))
-            for spec in self._catalogue
-        ]
+        listings = []
+        for spec in self._catalogue:
+            serving = self._catalogue.routes_to(spec) or spec
+            listings.append(
+                ModelListing(
+                    spec,
+                    self._backends.is_configured(serving.backend),
+                    serving.name if serving is not spec else "",
+                )
+            )
+        return listings
 
     async def get_generation(self, generation_id: str) -> GenerationRecord:
         check_generation_id(generation_id)
@@ -105,13 +113,15 @@ class Orchestrator:
     ) -> AsyncGenerator[StreamEvent, None]:
         """Validate `request`, run it (or replay it) and yield its events."""
         check_model_name(request.model)
-        spec = self._catalogue.get(request.model)
+        # A retired model is routed, pinned or refused here (catalogue.py).
+        resolution = self._catalogue.resolve(request.model)
+        spec = resolution.serving
         valid = await validate_off_loop(request, spec)
         backend = self._backends.get(spec)
         deadline = deadline.earliest(Deadline.after(self._default_deadline_s))
         digest = fingerprint(request)
         if not request.request_id:
-            events = self._generate(request, valid, backend, deadline, digest)
+            events = self._generate(request, valid, resolution, backend, deadline, digest)
             # `async for` alone would leave the inner generator suspended when
             # the caller goes away; aclosing runs its cleanup (cancelling the
             # upstream calls) right then.
@@ -122,7 +132,7 @@ class Orchestrator:
         async with self._request_locks.hold(request.request_id):
             previous = await self._records.find_by_request_id(request.request_id, deadline)
             if previous is None:
-                events = self._generate(request, valid, backend, deadline, digest)
+                events = self._generate(request, valid, resolution, backend, deadline, digest)
             elif previous.fingerprint != digest:
                 raise RequestIdConflict(
                     "request_id was already used for a different request.",
@@ -147,6 +157,7 @@ class Orchestrator:
         self,
         request: AnyRequest,
         valid: ValidRequest,
+        resolution: Resolution,
         backend: ImageBackend,
         deadline: Deadline,
         digest: str,
@@ -174,21 +185,25 @@ class Orchestrator:
             await asyncio.gather(*tasks, return_exceptions=True)
         if not images:
             raise most_telling_error(outcomes)
+        price = valid.spec.price_per_image
         record = GenerationRecord(
             generation_id=generation.id,
-            model=valid.spec.name,
+            model=resolution.requested.name,
             operation=valid.operation,
             prompt=request.prompt,
             size=str(valid.size) if valid.size else "",
             n=valid.n,
             created=int(time.time()),
             images=tuple(image.without_data() for image in sorted(images, key=lambda i: i.index)),
-            cost=valid.spec.price_per_image * len(images),
+            cost=None if price is None else price * len(images),
             latency_ms=generation.latency_ms(),
             request_id=request.request_id,
             filtered_count=sum(o.filtered for o in outcomes),
             failures=failures(outcomes),
             fingerprint=digest,
+            served_by=valid.spec.name,
+            upstream_model=valid.spec.upstream_model,
+            warnings=resolution.warnings + seed_warnings(valid.spec, request.seed),
         )
         try:
             await self._records.save(record, generation.storage_deadline)
@@ -211,7 +226,8 @@ class Orchestrator:
             outcome.filtered = min(result.filtered, outcome.missing)
 
             async def store_and_send(index: int, image: ProducedImage) -> None:
-                await generation.output.put(await self._store_image(generation, index, image))
+                delivered = await self._store_image(generation, index, image)
+                await generation.output.put(replace(delivered, seed=call.seed))
 
             await asyncio.gather(
                 *(

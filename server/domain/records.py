@@ -40,6 +40,10 @@ class DeliveredImage:
     # False when storage kept failing: the bytes are then in `data`.
     stored: bool = True
     data: bytes | None = field(default=None, repr=False)
+    # The seed sent on the upstream call that produced this image (None when
+    # none was sent): a request with this seed and the same count
+    # reproduces it on a deterministic upstream.
+    seed: int | None = None
 
     def without_data(self) -> DeliveredImage:
         return replace(self, data=None)
@@ -66,18 +70,25 @@ class GenerationRecord:
     n: int
     created: int
     images: tuple[DeliveredImage, ...]
-    cost: Decimal
+    # None when the model's price is unknown: never reported as 0.
+    cost: Decimal | None
     latency_ms: int
     request_id: str = ""
     filtered_count: int = 0
     failures: tuple[ImageFailure, ...] = ()
     # Hash of what was asked, to tell a retry from a reused request_id.
     fingerprint: str = ""
+    # The catalogue model that served the call (differs from `model` when a
+    # retired model was routed to its successor) and its upstream id.
+    served_by: str = ""
+    upstream_model: str = ""
+    # What the caller should know: routing, retirement, unused parameters.
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = asdict(self)
         body["operation"] = self.operation.value
-        body["cost"] = str(self.cost)
+        body["cost"] = None if self.cost is None else str(self.cost)
         body["images"] = [
             {k: v for k, v in asdict(image).items() if k not in ("data", "url")}
             for image in self.images
@@ -88,7 +99,8 @@ class GenerationRecord:
     def from_json(cls, raw: bytes) -> GenerationRecord:
         body = json.loads(raw)
         body["operation"] = Operation(body["operation"])
-        body["cost"] = Decimal(body["cost"])
+        body["cost"] = None if body["cost"] is None else Decimal(body["cost"])
+        body["warnings"] = tuple(body.get("warnings", ()))
         body["images"] = tuple(DeliveredImage(**image) for image in body["images"])
         body["failures"] = tuple(ImageFailure(**f) for f in body.get("failures", []))
         return cls(**body)
@@ -112,8 +124,13 @@ async def put_within(
         ) from None
 
 
-def format_cost(cost: Decimal) -> str:
-    """USD with 8 places, as the public API shows it (`0.05000000`)."""
+def format_cost(cost: Decimal | None) -> str:
+    """USD with 8 places, as the public API shows it (`0.05000000`).
+
+    An unknown cost is the empty string, never `0.00000000`.
+    """
+    if cost is None:
+        return ""
     return f"{cost.quantize(Decimal('0.00000001'))}"
 
 

@@ -133,6 +133,8 @@ _REASON_OVERRIDES: dict[str, _Mapping] = {
     # The provider failed (5xx, connection): bad gateway.
     "UPSTREAM_UNAVAILABLE": _Mapping(502, SERVER, ""),
     "CONTENT_POLICY_VIOLATION": _Mapping(400, MODERATION, ""),
+    # The deployment refuses a retired model: the caller names its successor.
+    "MODEL_RETIRED": _Mapping(400, INVALID_REQUEST, "", retry=False),
 }
 
 _CODE_OVERRIDES = {"CONTENT_POLICY_VIOLATION": "moderation_blocked"}

@@ -109,13 +109,41 @@ def write_images(out: BodyBuilder, images: Iterable[pb.Image], *, b64: bool) -> 
     out.text("]")
 
 
+_MODEL_STATUS_NAMES = {
+    pb.MODEL_STATUS_UNSPECIFIED: "active",
+    pb.MODEL_STATUS_ACTIVE: "active",
+    pb.MODEL_STATUS_DEPRECATED: "deprecated",
+    pb.MODEL_STATUS_RETIRED: "retired",
+}
+
+
 def x_chuizi(generation: pb.Generation) -> dict[str, object]:
-    """The seed's `x_chuizi` block, plus `failures` on a partial result."""
+    """The seed's `x_chuizi` block, plus what served the request.
+
+    `cost` is null when the model's price is unknown. `model` is the model
+    named, `served_by` and `upstream_model` what served it, `warnings` any
+    routing or unused-parameter notices, `images` each image's produced
+    width, height and seed; `failures` only on a partial result.
+    """
     block: dict[str, object] = {
         "generation_id": generation.generation_id,
-        "cost": generation.cost,
+        "cost": generation.cost or None,
         "latency_ms": generation.latency_ms,
+        "model": generation.model,
+        "served_by": generation.served_by or generation.model,
+        "upstream_model": generation.upstream_model,
+        "images": [
+            {
+                "index": image.index,
+                "width": image.width,
+                "height": image.height,
+                "seed": image.seed if image.HasField("seed") else None,
+            }
+            for image in sorted(generation.images, key=lambda i: i.index)
+        ],
     }
+    if generation.warnings:
+        block["warnings"] = list(generation.warnings)
     if generation.failures:
         block["failures"] = [
             {
@@ -156,8 +184,12 @@ def model_object(model: pb.Model) -> dict[str, object]:
         "images_per_call": model.images_per_call,
         "max_images_per_request": model.max_images_per_request,
         "operations": [_OPERATION_NAMES.get(op, str(op)) for op in model.operations],
-        "price_per_image": model.price_per_image,
+        "price_per_image": model.price_per_image or None,
         "configured": model.configured,
+        "status": _MODEL_STATUS_NAMES.get(model.status, "active"),
+        "retirement_date": model.retirement_date or None,
+        "successor": model.successor or None,
+        "routes_to": model.routes_to or None,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from chuizi.image.v1 import image_service_pb2 as pb
 
 from server.domain.backends import ModelListing
+from server.domain.catalogue import Lifecycle
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.records import DeliveredImage, GenerationRecord, format_cost
 from server.domain.requests import EditRequest, GenerateRequest, Operation, ResponseFormat
@@ -22,6 +23,11 @@ _EDIT_OPERATIONS: dict[int, Operation] = {
     pb.OPERATION_INPAINT: Operation.INPAINT,
     pb.OPERATION_REMOVE_BACKGROUND: Operation.REMOVE_BACKGROUND,
     pb.OPERATION_UPSCALE: Operation.UPSCALE,
+}
+_STATUS_TO_PB = {
+    Lifecycle.ACTIVE: pb.MODEL_STATUS_ACTIVE,
+    Lifecycle.DEPRECATED: pb.MODEL_STATUS_DEPRECATED,
+    Lifecycle.RETIRED: pb.MODEL_STATUS_RETIRED,
 }
 _RESPONSE_FORMATS: dict[int, ResponseFormat] = {
     pb.RESPONSE_FORMAT_UNSPECIFIED: ResponseFormat.URL,
@@ -81,11 +87,13 @@ def _image_fields(image: DeliveredImage) -> dict[str, object]:
         "height": image.height,
         "revised_prompt": image.revised_prompt,
         "stored": image.stored,
+        "seed": image.seed,
     }
 
 
 def image(image: DeliveredImage) -> pb.Image:
-    return pb.Image(**_image_fields(image))  # type: ignore[arg-type]
+    fields = {k: v for k, v in _image_fields(image).items() if v is not None}
+    return pb.Image(**fields)  # type: ignore[arg-type]
 
 
 def set_image(target: pb.Image, image: DeliveredImage) -> None:
@@ -96,7 +104,8 @@ def set_image(target: pb.Image, image: DeliveredImage) -> None:
     place copies the bytes once, into the message that is sent.
     """
     for name, value in _image_fields(image).items():
-        setattr(target, name, value)
+        if value is not None:
+            setattr(target, name, value)
 
 
 def generation(record: GenerationRecord) -> pb.Generation:
@@ -116,6 +125,9 @@ def generation(record: GenerationRecord) -> pb.Generation:
             pb.ImageFailure(image_count=f.image_count, reason=f.reason, message=f.message)
             for f in record.failures
         ],
+        served_by=record.served_by or record.model,
+        upstream_model=record.upstream_model,
+        warnings=record.warnings,
     )
     for delivered in record.images:
         set_image(message.images.add(), delivered)
@@ -135,4 +147,8 @@ def model(listing: ModelListing) -> pb.Model:
         price_per_image=format_cost(spec.price_per_image),
         configured=listing.configured,
         description=spec.description,
+        status=_STATUS_TO_PB[spec.status],
+        retirement_date=spec.retirement_date.isoformat() if spec.retirement_date else "",
+        successor=spec.successor,
+        routes_to=listing.routes_to,
     )

@@ -28,6 +28,8 @@ ERROR_TABLE: tuple[tuple[type[errors.ImageServiceError], grpc.StatusCode], ...] 
     (errors.GenerationNotFound, grpc.StatusCode.NOT_FOUND),
     (errors.RequestIdConflict, grpc.StatusCode.ALREADY_EXISTS),
     (errors.BackendNotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
+    # The caller can fix it: name the successor (in ErrorInfo.metadata).
+    (errors.ModelRetired, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.UpstreamAuthFailed, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.UpstreamUnavailable, grpc.StatusCode.UNAVAILABLE),

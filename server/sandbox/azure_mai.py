@@ -69,7 +69,7 @@ from server.sandbox.render import render_image
 # A well-known sandbox credential, not a secret: it only opens the emulator.
 SANDBOX_AZURE_MAI_KEY = "sandbox-azure-mai-key"
 ROUTE = "/mai/v1/images/generations"
-DEFAULT_DEPLOYMENTS = ("MAI-Image-2",)
+DEFAULT_DEPLOYMENTS = ("MAI-Image-2", "MAI-Image-2.6", "MAI-Image-2.6-Flash")
 API_VERSIONS = frozenset({"preview"})
 
 CONTENT_FILTER_PROMPT = "prompt"

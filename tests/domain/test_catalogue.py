@@ -49,7 +49,8 @@ def test_bedrock_stability_row_expands_into_concrete_models(catalogue: Catalogue
 def test_every_model_is_well_formed(catalogue: Catalogue) -> None:
     for model in catalogue:
         assert model.images_per_call >= 1
-        assert model.price_per_image > Decimal(0)
+        # Unknown (None) is allowed, and reported as unknown; zero is not.
+        assert model.price_per_image is None or model.price_per_image > Decimal(0)
         assert model.operations
         for size in model.sizes:
             assert size.pixels <= max(model.max_size.pixels, Size(1792, 1024).pixels)

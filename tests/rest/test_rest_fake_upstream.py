@@ -320,6 +320,10 @@ async def test_get_generation_has_the_generation_body(fake: FakeStack) -> None:
             "generation_id": "gen-0123456789abcdef",
             "cost": "0.05000000",
             "latency_ms": 8500,
+            "model": "azure/flux-kontext-pro",
+            "served_by": "azure/flux-kontext-pro",
+            "upstream_model": "",
+            "images": [{"index": 0, "width": 1024, "height": 1024, "seed": None}],
         },
     }
     assert fake.service.calls[0].request == pb.GetGenerationRequest(
@@ -428,11 +432,12 @@ async def test_stream_sends_each_image_then_the_record(fake: FakeStack) -> None:
     assert "b64_json" not in first
     record = events[-1][1]
     assert record["type"] == "x_chuizi.generation"
-    assert record["x_chuizi"] == {
+    assert {k: record["x_chuizi"][k] for k in ("generation_id", "cost", "latency_ms")} == {
         "generation_id": "gen-0123456789abcdef",
         "cost": "0.15000000",
         "latency_ms": 8500,
     }
+    assert [image["index"] for image in record["x_chuizi"]["images"]] == [0, 1, 2]
     assert len(record["data"]) == 3
 
 

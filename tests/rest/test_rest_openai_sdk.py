@@ -128,7 +128,20 @@ async def test_the_seed_curl_call_with_raw_http(stack: RealStack) -> None:
     assert list(result) == ["created", "data", "x_chuizi"]
     assert isinstance(result["created"], int)
     assert [list(item) for item in result["data"]] == [["url"]]
-    assert list(result["x_chuizi"]) == ["generation_id", "cost", "latency_ms"]
+    assert list(result["x_chuizi"]) == [
+        "generation_id",
+        "cost",
+        "latency_ms",
+        "model",
+        "served_by",
+        "upstream_model",
+        "images",
+    ]
+    assert result["x_chuizi"]["upstream_model"] == "FLUX.1-Kontext-pro"
+    (produced,) = result["x_chuizi"]["images"]
+    assert (produced["width"], produced["height"]) == (1024, 1024)
+    # FLUX takes a seed: one was invented and recorded so the image can be remade.
+    assert isinstance(produced["seed"], int)
     assert GENERATION_ID.match(result["x_chuizi"]["generation_id"])
     assert result["x_chuizi"]["cost"] == "0.05000000"
     assert COST.match(result["x_chuizi"]["cost"])

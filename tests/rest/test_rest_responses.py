@@ -18,15 +18,38 @@ def _body(generation: pb.Generation, *, b64: bool) -> bytes:
 
 
 def test_the_seed_response_byte_for_byte() -> None:
+    """The seed's shape, with `x_chuizi` extended by what served the request."""
     generation = sample_generation(1)
     generation.images[0].url = "https://media.chuizi.ai/images/gen-xxxxxxxxxxxxxxxx.png"
     generation.generation_id = "gen-xxxxxxxxxxxxxxxx"
+    generation.upstream_model = "FLUX.1-Kontext-pro"
     assert _body(generation, b64=False) == (
         b'{"created":1712000000,'
         b'"data":[{"url":"https://media.chuizi.ai/images/gen-xxxxxxxxxxxxxxxx.png"}],'
         b'"x_chuizi":{"generation_id":"gen-xxxxxxxxxxxxxxxx","cost":"0.05000000",'
-        b'"latency_ms":8500}}'
+        b'"latency_ms":8500,"model":"azure/flux-kontext-pro",'
+        b'"served_by":"azure/flux-kontext-pro","upstream_model":"FLUX.1-Kontext-pro",'
+        b'"images":[{"index":0,"width":1024,"height":1024,"seed":null}]}}'
     )
+
+
+def test_x_chuizi_says_a_routed_call_was_routed_and_an_unknown_cost_is_null() -> None:
+    generation = sample_generation(2)
+    generation.model = "azure/mai-image-2"
+    generation.served_by = "azure/mai-image-2.6"
+    generation.upstream_model = "MAI-Image-2.6"
+    generation.cost = ""
+    generation.warnings.append("azure/mai-image-2 was retired on 2026-08-15; served by ...")
+    generation.images[1].seed = 8
+    block = json.loads(_body(generation, b64=False))["x_chuizi"]
+    assert block["cost"] is None
+    assert (block["model"], block["served_by"], block["upstream_model"]) == (
+        "azure/mai-image-2",
+        "azure/mai-image-2.6",
+        "MAI-Image-2.6",
+    )
+    assert block["warnings"] == ["azure/mai-image-2 was retired on 2026-08-15; served by ..."]
+    assert [(i["index"], i["seed"]) for i in block["images"]] == [(0, None), (1, 8)]
 
 
 def test_b64_json_items_are_the_bytes_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,6 +121,9 @@ def test_model_list_shape() -> None:
         price_per_image="0.04000000",
         configured=False,
         description="Google Imagen 4",
+        status=pb.MODEL_STATUS_RETIRED,
+        retirement_date="2026-08-17",
+        successor="google/gemini-3.1-flash-image",
     )
     assert responses.model_list([model]) == {
         "object": "list",
@@ -116,9 +142,22 @@ def test_model_list_shape() -> None:
                 "operations": ["generate"],
                 "price_per_image": "0.04000000",
                 "configured": False,
+                "status": "retired",
+                "retirement_date": "2026-08-17",
+                "successor": "google/gemini-3.1-flash-image",
+                "routes_to": None,
             }
         ],
     }
+
+
+def test_an_active_model_with_an_unknown_price_lists_nulls_not_zero() -> None:
+    listed = responses.model_object(pb.Model(name="azure/mai-image-2.6", price_per_image=""))
+    assert (listed["status"], listed["price_per_image"], listed["successor"]) == (
+        "active",
+        None,
+        None,
+    )
 
 
 def _event(chunks: list[bytes]) -> tuple[str, dict[str, Any]]:

@@ -1,5 +1,8 @@
 """azure/mai-image-2 end to end: gRPC service → AzureMaiBackend → the MAI
-emulator, over real sockets, including the per-backend limits from settings."""
+emulator, over real sockets, including the per-backend limits from settings.
+
+MAI-Image-2 was retired on 2026-08-15: the seed's name stays callable and is
+routed to MAI-Image-2.6 (same route and body), whose price is unknown."""
 
 from __future__ import annotations
 
@@ -51,8 +54,13 @@ async def test_each_offered_size_reports_the_size_produced(
     (image,) = generation.images
     assert (image.width, image.height) == produced == size_of(image.data)
     assert image.mime_type == "image/png" and image.stored
-    assert (generation.size, generation.cost) == (size, "0.03500000")
+    # Unknown price: reported as unknown (empty), never as zero.
+    assert (generation.size, generation.cost) == (size, "")
+    assert (generation.model, generation.served_by) == (MAI, "azure/mai-image-2.6")
+    assert generation.upstream_model == "MAI-Image-2.6"
+    assert "served by its successor azure/mai-image-2.6" in generation.warnings[0]
     assert stack.sandbox.azure_mai.faults.stats.received == 1
+    assert [r.body["model"] for r in stack.sandbox.azure_mai.received] == ["MAI-Image-2.6"]
 
 
 async def test_n4_fans_out_to_four_upstream_calls(stack: Stack) -> None:
@@ -60,7 +68,9 @@ async def test_n4_fans_out_to_four_upstream_calls(stack: Stack) -> None:
         pb.GenerateRequest(model=MAI, prompt="four foxes", n=4, seed=3), timeout=30
     )
     assert sorted(i.index for i in generation.images) == [0, 1, 2, 3]
-    assert generation.cost == "0.14000000"
+    assert generation.cost == ""
+    assert "takes no seed" in generation.warnings[-1]
+    assert all(not image.HasField("seed") for image in generation.images)
     assert stack.sandbox.azure_mai.faults.stats.received == 4
     assert all("n" not in r.body and "seed" not in r.body for r in stack.sandbox.azure_mai.received)
 

@@ -26,7 +26,7 @@ from tests.support.images import size_of
 
 WAN = "bailian/wan2.7-image"
 WAN_PRO = "bailian/wan2.7-image-pro"
-PRICES = {WAN: Decimal("0.03"), WAN_PRO: Decimal("0.05")}
+PRICES = {WAN: Decimal("0.03"), WAN_PRO: Decimal("0.075")}
 FAST_POLLING = {"bailian_poll_initial_s": 0.01, "bailian_poll_max_s": 0.05}
 
 

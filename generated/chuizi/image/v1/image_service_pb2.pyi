@@ -22,6 +22,13 @@ class ResponseFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESPONSE_FORMAT_UNSPECIFIED: _ClassVar[ResponseFormat]
     RESPONSE_FORMAT_URL: _ClassVar[ResponseFormat]
     RESPONSE_FORMAT_INLINE: _ClassVar[ResponseFormat]
+
+class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_STATUS_UNSPECIFIED: _ClassVar[ModelStatus]
+    MODEL_STATUS_ACTIVE: _ClassVar[ModelStatus]
+    MODEL_STATUS_DEPRECATED: _ClassVar[ModelStatus]
+    MODEL_STATUS_RETIRED: _ClassVar[ModelStatus]
 OPERATION_UNSPECIFIED: Operation
 OPERATION_GENERATE: Operation
 OPERATION_PROMPT_EDIT: Operation
@@ -31,6 +38,10 @@ OPERATION_UPSCALE: Operation
 RESPONSE_FORMAT_UNSPECIFIED: ResponseFormat
 RESPONSE_FORMAT_URL: ResponseFormat
 RESPONSE_FORMAT_INLINE: ResponseFormat
+MODEL_STATUS_UNSPECIFIED: ModelStatus
+MODEL_STATUS_ACTIVE: ModelStatus
+MODEL_STATUS_DEPRECATED: ModelStatus
+MODEL_STATUS_RETIRED: ModelStatus
 
 class GenerateRequest(_message.Message):
     __slots__ = ("model", "prompt", "size", "n", "response_format", "request_id", "seed")
@@ -75,7 +86,7 @@ class EditRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., operation: _Optional[_Union[Operation, str]] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, str]] = ..., request_id: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("index", "url", "data", "mime_type", "width", "height", "revised_prompt", "stored")
+    __slots__ = ("index", "url", "data", "mime_type", "width", "height", "revised_prompt", "stored", "seed")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +95,7 @@ class Image(_message.Message):
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     REVISED_PROMPT_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     index: int
     url: str
     data: bytes
@@ -92,7 +104,8 @@ class Image(_message.Message):
     height: int
     revised_prompt: str
     stored: bool
-    def __init__(self, index: _Optional[int] = ..., url: _Optional[str] = ..., data: _Optional[bytes] = ..., mime_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., revised_prompt: _Optional[str] = ..., stored: _Optional[bool] = ...) -> None: ...
+    seed: int
+    def __init__(self, index: _Optional[int] = ..., url: _Optional[str] = ..., data: _Optional[bytes] = ..., mime_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., revised_prompt: _Optional[str] = ..., stored: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ImageFailure(_message.Message):
     __slots__ = ("image_count", "reason", "message")
@@ -105,7 +118,7 @@ class ImageFailure(_message.Message):
     def __init__(self, image_count: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Generation(_message.Message):
-    __slots__ = ("generation_id", "model", "operation", "prompt", "size", "n", "created", "images", "cost", "latency_ms", "request_id", "filtered_count", "failures")
+    __slots__ = ("generation_id", "model", "operation", "prompt", "size", "n", "created", "images", "cost", "latency_ms", "request_id", "filtered_count", "failures", "served_by", "upstream_model", "warnings")
     GENERATION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OPERATION_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +132,9 @@ class Generation(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FILTERED_COUNT_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     generation_id: str
     model: str
     operation: Operation
@@ -132,7 +148,10 @@ class Generation(_message.Message):
     request_id: str
     filtered_count: int
     failures: _containers.RepeatedCompositeFieldContainer[ImageFailure]
-    def __init__(self, generation_id: _Optional[str] = ..., model: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., created: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., cost: _Optional[str] = ..., latency_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., filtered_count: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[ImageFailure, _Mapping]]] = ...) -> None: ...
+    served_by: str
+    upstream_model: str
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, generation_id: _Optional[str] = ..., model: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., created: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., cost: _Optional[str] = ..., latency_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., filtered_count: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[ImageFailure, _Mapping]]] = ..., served_by: _Optional[str] = ..., upstream_model: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StreamGenerateResponse(_message.Message):
     __slots__ = ("image", "generation")
@@ -161,7 +180,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "provider", "max_size", "sizes", "images_per_call", "max_images_per_request", "operations", "price_per_image", "configured", "description")
+    __slots__ = ("name", "provider", "max_size", "sizes", "images_per_call", "max_images_per_request", "operations", "price_per_image", "configured", "description", "status", "retirement_date", "successor", "routes_to")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +191,10 @@ class Model(_message.Message):
     PRICE_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
     CONFIGURED_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RETIREMENT_DATE_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSOR_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_TO_FIELD_NUMBER: _ClassVar[int]
     name: str
     provider: str
     max_size: str
@@ -182,7 +205,11 @@ class Model(_message.Message):
     price_per_image: str
     configured: bool
     description: str
-    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., max_size: _Optional[str] = ..., sizes: _Optional[_Iterable[str]] = ..., images_per_call: _Optional[int] = ..., max_images_per_request: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, str]]] = ..., price_per_image: _Optional[str] = ..., configured: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+    status: ModelStatus
+    retirement_date: str
+    successor: str
+    routes_to: str
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., max_size: _Optional[str] = ..., sizes: _Optional[_Iterable[str]] = ..., images_per_call: _Optional[int] = ..., max_images_per_request: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, str]]] = ..., price_per_image: _Optional[str] = ..., configured: _Optional[bool] = ..., description: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., retirement_date: _Optional[str] = ..., successor: _Optional[str] = ..., routes_to: _Optional[str] = ...) -> None: ...
 
 class GetGenerationRequest(_message.Message):
     __slots__ = ("generation_id",)
