@@ -68,9 +68,7 @@ def plan_calls(valid: ValidRequest, seed: int | None) -> list[PlannedCall]:
                 seed=call_seed,
             ),
         )
-        for first, call_seed in zip(
-            firsts, call_seeds(valid.spec, seed, firsts), strict=True
-        )
+        for first, call_seed in zip(firsts, call_seeds(valid.spec, seed, firsts), strict=True)
     ]
 
 
