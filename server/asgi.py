@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 from collections.abc import Generator
@@ -62,12 +63,25 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class AsgiServer:
-    """An ASGI app served by uvicorn on `host:port` (port 0 picks one)."""
+    """An ASGI app served by uvicorn on `host:port` (port 0 picks one).
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+    `graceful_shutdown_s` is how long `stop` lets requests in flight run
+    before uvicorn cancels them (which answers a plain-text 500); a process
+    with its own drain (the REST sidecar) sets it past that drain's end.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        graceful_shutdown_s: float = 1.0,
+    ) -> None:
         self._app = app
         self.host = host
         self.port = port
+        self._graceful_shutdown_s = graceful_shutdown_s
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -93,7 +107,8 @@ class AsgiServer:
             log_config=None,
             server_header=False,
             timeout_keep_alive=_KEEP_ALIVE_S,
-            timeout_graceful_shutdown=1,
+            # uvicorn takes an int here, despite the float it compares with.
+            timeout_graceful_shutdown=math.ceil(self._graceful_shutdown_s),
         )
         server = _EmbeddedServer(config)
         self._server = server
@@ -118,7 +133,9 @@ class AsgiServer:
         self._server.should_exit = True
         task, self._task, self._server = self._task, None, None
         try:
-            await asyncio.wait_for(asyncio.shield(task), _STOP_TIMEOUT_S)
+            await asyncio.wait_for(
+                asyncio.shield(task), self._graceful_shutdown_s + _STOP_TIMEOUT_S
+            )
         except TimeoutError:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # Largest /v1/images/edits body (all images and the mask together); it
     # must leave room in one gRPC message (max_message_bytes).
     rest_max_upload_bytes: int = Field(default=50 * MIB, ge=1)
+    # After SIGTERM: /readyz answers 503 at once, and requests in flight may
+    # run this long before they are answered 503 (server/rest/drain.py).
+    rest_shutdown_grace_s: float = Field(default=30.0, ge=0)
 
     # --- storage -----------------------------------------------------------
     storage: Literal["local", "r2"] = "local"

@@ -4,7 +4,9 @@
 
 Serves `/v1/images/*`, `/v1/models`, `/v1/generations/{id}`, `/healthz` and
 `/readyz` on uvicorn, calling the gRPC service at `--upstream`, until
-SIGTERM or SIGINT. Unset flags come from `IMAGE_SERVICE_REST_*`.
+SIGTERM or SIGINT, then drains (`server.rest.drain`: readiness 503 first,
+requests in flight finish within `IMAGE_SERVICE_REST_SHUTDOWN_GRACE_S`).
+Unset flags come from `IMAGE_SERVICE_REST_*`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ import argparse
 import asyncio
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.rest.drain import Drain
+
+log = logging.getLogger(__name__)
+
+# After the grace: time for the requests told to stop to send their 503s.
+_ABORT_MARGIN_S = 5.0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,6 +43,7 @@ async def run_rest(args: argparse.Namespace) -> int:
     """Serve the sidecar until SIGTERM/SIGINT; returns the exit code."""
     from server.asgi import AsgiServer
     from server.rest import create_app, open_channel
+    from server.rest.drain import Drain
     from server.settings import Settings
 
     overrides: dict[str, Any] = {}
@@ -50,7 +61,13 @@ async def run_rest(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     channel = open_channel(settings)
-    server = AsgiServer(create_app(channel, settings), settings.rest_host, settings.rest_port)
+    drain = Drain()
+    server = AsgiServer(
+        create_app(channel, settings, drain=drain),
+        settings.rest_host,
+        settings.rest_port,
+        graceful_shutdown_s=_ABORT_MARGIN_S,
+    )
     await server.start()
     print(
         f"image-service REST sidecar on {server.base_url} -> gRPC {settings.rest_upstream}",
@@ -58,11 +75,23 @@ async def run_rest(args: argparse.Namespace) -> int:
     )
     try:
         await _until_signalled()
+        await _drain(drain, settings.rest_shutdown_grace_s)
     finally:
-        # In-flight requests finish (uvicorn drains) before the channel closes.
         await server.stop()
         await channel.close(None)
     return 0
+
+
+async def _drain(drain: Drain, grace_s: float) -> None:
+    """Readiness 503, then wait for the requests in flight, at most `grace_s`."""
+    drain.begin()
+    log.info("draining: %d request(s) in flight, grace %.0f s", drain.in_flight, grace_s)
+    if not await drain.wait_idle(grace_s):
+        log.warning("%d request(s) still in flight after the grace; answering 503", drain.in_flight)
+    # Also answers 503 to any request arriving from now on, rather than
+    # letting uvicorn cut it off mid-way when it stops.
+    drain.expire()
+    await drain.wait_idle(_ABORT_MARGIN_S)
 
 
 async def _until_signalled() -> None:

@@ -27,8 +27,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from server.rest import forms
+from server.rest.drain import Drain, DrainMiddleware
 from server.rest.errors import (
     INTERNAL,
     METHOD_NOT_ALLOWED,
@@ -94,8 +96,9 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 
 class _Handlers:
-    def __init__(self, upstream: Upstream, settings: Settings) -> None:
+    def __init__(self, upstream: Upstream, settings: Settings, drain: Drain | None) -> None:
         self._upstream = upstream
+        self._drain = drain
         self._stub = upstream.stub
         self._timeout = upstream.timeout_s
         self._max_upload = settings.rest_max_upload_bytes
@@ -148,7 +151,7 @@ class _Handlers:
     ) -> Response:
         b64 = forms.wants_b64(message.response_format)
         # The body has been read: from here `receive` only reports disconnects.
-        watcher = DisconnectWatcher(request.receive)
+        watcher = DisconnectWatcher(request.receive, self._drain)
         handed_over = False
         try:
             if stream:
@@ -178,7 +181,7 @@ class _Handlers:
 
     async def generation(self, request: Request, context: CallContext) -> Response:
         message = pb.GetGenerationRequest(generation_id=request.path_params["generation_id"])
-        watcher = DisconnectWatcher(request.receive)
+        watcher = DisconnectWatcher(request.receive, self._drain)
         try:
             generation: pb.Generation = await watcher.run(
                 self._stub.GetGeneration(message, metadata=context.metadata, timeout=self._timeout)
@@ -188,7 +191,7 @@ class _Handlers:
         return ChunkedJSONResponse(generation_chunks(generation, b64=False))
 
     async def _list_models(self, request: Request, context: CallContext) -> pb.ListModelsResponse:
-        watcher = DisconnectWatcher(request.receive)
+        watcher = DisconnectWatcher(request.receive, self._drain)
         try:
             listing: pb.ListModelsResponse = await watcher.run(
                 self._stub.ListModels(
@@ -200,18 +203,21 @@ class _Handlers:
         return listing
 
 
-def rest_routes(channel: grpc.aio.Channel | str, settings: Settings) -> list[BaseRoute]:
+def rest_routes(
+    channel: grpc.aio.Channel | str, settings: Settings, drain: Drain | None = None
+) -> list[BaseRoute]:
     """The OpenAI-compatible `/v1/...` routes, calling the service over `channel`.
 
     `channel` is the long-lived channel to the service, or its `host:port`
     target, in which case a channel is opened here (inside the running event
     loop) and lives as long as the process. The routes are self-contained
     (errors and request ids are handled per route), so they can be added to
-    any Starlette app, for example beside the local media.
+    any Starlette app, for example beside the local media. With `drain`,
+    requests still waiting when its grace expires answer 503 (`server.rest.drain`).
     """
     if isinstance(channel, str):
         channel = open_channel(settings, channel)
-    handlers = _Handlers(Upstream(channel, settings), settings)
+    handlers = _Handlers(Upstream(channel, settings), settings, drain)
     return [
         Route("/v1/images/generations", _endpoint(handlers.generations), methods=["POST"]),
         Route("/v1/images/edits", _endpoint(handlers.edits), methods=["POST"]),
@@ -221,14 +227,17 @@ def rest_routes(channel: grpc.aio.Channel | str, settings: Settings) -> list[Bas
     ]
 
 
-def health_routes(channel: grpc.aio.Channel) -> list[BaseRoute]:
-    """`/healthz` (the process answers) and `/readyz` (the gRPC service is SERVING)."""
+def health_routes(channel: grpc.aio.Channel, drain: Drain | None = None) -> list[BaseRoute]:
+    """`/healthz` (the process answers) and `/readyz` (the gRPC service is
+    SERVING and this process is not draining)."""
     health = health_pb2_grpc.HealthStub(channel)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        if drain is not None and drain.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
         try:
             reply = await health.Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=_READY_TIMEOUT_S
@@ -265,14 +274,22 @@ def create_app(
     settings: Settings,
     *,
     extra_routes: Sequence[BaseRoute] = (),
-) -> Starlette:
+    drain: Drain | None = None,
+) -> ASGIApp:
     """The sidecar app: the `/v1` routes, health probes and `extra_routes`.
 
     Unknown paths and methods get OpenAI-shaped 404/405 bodies. `channel` is
     the one long-lived channel to the service (see `upstream.open_channel`);
-    the caller owns it and closes it after the server stops.
+    the caller owns it and closes it after the server stops. `drain` (the
+    process's shutdown state, `server.rest.drain`) counts requests in flight
+    and turns `/readyz` to 503 once shutdown begins.
     """
-    return Starlette(
-        routes=[*rest_routes(channel, settings), *health_routes(channel), *extra_routes],
+    app = Starlette(
+        routes=[
+            *rest_routes(channel, settings, drain),
+            *health_routes(channel, drain),
+            *extra_routes,
+        ],
         exception_handlers={404: _http_error, 405: _http_error},
     )
+    return app if drain is None else DrainMiddleware(app, drain)

@@ -36,6 +36,7 @@ from chuizi.image.v1 import image_service_pb2 as pb
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from server.rest.drain import ShuttingDown
 from server.rest.errors import INTERNAL, SERVER, RestError, from_rpc_error
 from server.rest.responses import (
     BodyBuilder,
@@ -157,6 +158,10 @@ class EventStreamResponse(Response):
             await self._relay(send)
         except ClientDisconnected:
             return
+        except ShuttingDown as error:
+            # The grace ran out mid-stream: the images sent so far stand,
+            # and the client learns why the record will not follow.
+            await _send(send, error_event(error))
         finally:
             self._watcher.close()
             self._pending.cancel()

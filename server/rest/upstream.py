@@ -21,6 +21,7 @@ import grpc
 from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 from starlette.types import Receive
 
+from server.rest.drain import Drain, ShuttingDown
 from server.rest.errors import (
     AUTHENTICATION,
     HEADER_TOO_LARGE,
@@ -123,14 +124,18 @@ class ClientDisconnected(Exception):
 
 
 class DisconnectWatcher:
-    """Watches an HTTP request's `receive` channel for the client leaving.
+    """Watches an HTTP request's `receive` channel for the client leaving,
+    and the sidecar's shutdown grace for running out.
 
     Start it only after the request body has been read: from then on the
     only message `receive` can yield is `http.disconnect`.
     """
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, drain: Drain | None = None) -> None:
         self._task = asyncio.ensure_future(self._watch(receive))
+        self._expired: asyncio.Future[None] | None = (
+            asyncio.ensure_future(drain.wait_expired()) if drain is not None else None
+        )
 
     @staticmethod
     async def _watch(receive: Receive) -> None:
@@ -140,15 +145,19 @@ class DisconnectWatcher:
     async def wait(self, task: asyncio.Future[Any], max_wait_s: float | None = None) -> bool:
         """Wait for `task`: True once it is done, False after `max_wait_s`.
 
-        Raises `ClientDisconnected` if the client left first.
+        Raises `ClientDisconnected` if the client left first, and
+        `ShuttingDown` if the shutdown grace ran out first.
         """
+        watched = {task, self._task} if self._expired is None else {task, self._task, self._expired}
         done, _ = await asyncio.wait(
-            {task, self._task}, timeout=max_wait_s, return_when=asyncio.FIRST_COMPLETED
+            watched, timeout=max_wait_s, return_when=asyncio.FIRST_COMPLETED
         )
         if task in done:
             return True
         if self._task in done:
             raise ClientDisconnected()
+        if self._expired is not None and self._expired in done:
+            raise ShuttingDown()
         return False
 
     async def run(self, call: Awaitable[T]) -> T:
@@ -164,3 +173,5 @@ class DisconnectWatcher:
 
     def close(self) -> None:
         self._task.cancel()
+        if self._expired is not None:
+            self._expired.cancel()

@@ -239,6 +239,14 @@ def test_grace_period_follows_the_drain_setting() -> None:
     assert pod_spec(docs)["terminationGracePeriodSeconds"] == 320
 
 
+def test_grace_period_covers_the_rest_sidecars_drain_too() -> None:
+    docs = render(sets=("rest.shutdownGraceSeconds=200", "preStopSleepSeconds=5"))
+    assert config_data(docs)["IMAGE_SERVICE_REST_SHUTDOWN_GRACE_S"] == "200"
+    assert pod_spec(docs)["terminationGracePeriodSeconds"] == 220
+    message = render_error("rest.shutdownGraceSeconds=100", "terminationGracePeriodSeconds=60")
+    assert "terminationGracePeriodSeconds (60) must be larger" in message
+
+
 def test_explicit_grace_period_shorter_than_the_drain_is_refused() -> None:
     message = render_error("terminationGracePeriodSeconds=40")  # 10 s sleep + 30 s drain
     assert "terminationGracePeriodSeconds (40) must be larger" in message

@@ -93,6 +93,7 @@ the two never collide and the ConfigMap never holds a secret.
   "IMAGE_SERVICE_STORAGE" .Values.storage.type
   "IMAGE_SERVICE_REST_MAX_UPLOAD_BYTES" .Values.rest.maxUploadBytes
   "IMAGE_SERVICE_REST_UPSTREAM_TIMEOUT_S" .Values.rest.upstreamTimeoutSeconds
+  "IMAGE_SERVICE_REST_SHUTDOWN_GRACE_S" .Values.rest.shutdownGraceSeconds
 -}}
 {{- if eq .Values.storage.type "local" }}
 {{- $_ := set $data "IMAGE_SERVICE_LOCAL_STORAGE_DIR" .Values.storage.local.dir }}
@@ -120,16 +121,21 @@ the two never collide and the ConfigMap never holds a secret.
 {{- end }}
 
 {{/*
-Pod termination grace: long enough for the preStop sleep, then the server's
-drain, then a margin for the process to exit. Kubernetes counts the preStop
-hook inside this period, so a shorter one would SIGKILL in-flight RPCs.
+Pod termination grace: long enough for the preStop sleep, then the longer
+of the two drains (the server's, and the REST sidecar's when it runs), then
+a margin for the processes to exit. Kubernetes counts the preStop hook
+inside this period, so a shorter one would SIGKILL in-flight requests.
 */}}
 {{- define "image-service.terminationGracePeriodSeconds" -}}
-{{- $drain := add (int .Values.preStopSleepSeconds) (int .Values.server.shutdownGraceSeconds) }}
+{{- $longest := int .Values.server.shutdownGraceSeconds }}
+{{- if .Values.rest.enabled }}
+{{- $longest = max $longest (int .Values.rest.shutdownGraceSeconds) }}
+{{- end }}
+{{- $drain := add (int .Values.preStopSleepSeconds) $longest }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
 {{- add $drain 15 }}
 {{- else if le (int .Values.terminationGracePeriodSeconds) $drain }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than preStopSleepSeconds + server.shutdownGraceSeconds (%d), or in-flight RPCs are killed mid-drain" (int .Values.terminationGracePeriodSeconds) $drain) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than preStopSleepSeconds + the longer of server.shutdownGraceSeconds and rest.shutdownGraceSeconds (%d), or in-flight requests are killed mid-drain" (int .Values.terminationGracePeriodSeconds) $drain) }}
 {{- else }}
 {{- .Values.terminationGracePeriodSeconds }}
 {{- end }}

@@ -1,0 +1,183 @@
+"""`image-service rest` on SIGTERM: readiness flips first, requests in flight
+finish within the grace period, and what cannot finish gets an OpenAI 503.
+
+Before the drain, uvicorn's 1 s graceful timeout answered every request
+still in flight with a plain-text 500, and /readyz was never 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from chuizi.image.v1 import image_service_pb2 as pb
+from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
+from google.protobuf import message as protobuf_message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from tests.rest.conftest import Context, FakeImageService, sample_generation, sample_image
+
+ROOT = Path(__file__).resolve().parents[2]
+_RUN = (
+    "import argparse, asyncio, sys\n"
+    "from server.cli import rest_command\n"
+    "parser = argparse.ArgumentParser()\n"
+    "rest_command.register(parser.add_subparsers())\n"
+    "args = parser.parse_args(sys.argv[1:])\n"
+    "sys.exit(asyncio.run(args.func(args)))\n"
+)
+BODY = {"model": "azure/flux-kontext-pro", "prompt": "a fox"}
+
+
+class HeldService(FakeImageService):  # type: ignore[misc]
+    """Every Generate / StreamGenerate waits for `release`."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.all_started = asyncio.Event()
+        self._expected = expected
+        self.unary = self._held_unary
+        self.stream = self._held_stream
+
+    def _arrived(self) -> None:
+        if len(self.calls) >= self._expected:
+            self.all_started.set()
+
+    async def _held_unary(
+        self, method: str, request: Any, context: Context
+    ) -> protobuf_message.Message:
+        self._arrived()
+        await self.release.wait()
+        return sample_generation(1)
+
+    async def _held_stream(
+        self, method: str, request: Any, context: Context
+    ) -> AsyncIterator[protobuf_message.Message]:
+        yield pb.StreamGenerateResponse(image=sample_image(0))
+        self._arrived()
+        await self.release.wait()
+        yield pb.StreamGenerateResponse(generation=sample_generation(1))
+
+
+@contextlib.asynccontextmanager
+async def sidecar_process(service: HeldService, grace_s: float) -> AsyncIterator[Any]:
+    server = grpc.aio.server()
+    pb_grpc.add_ImageServiceServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'generated'}",
+        "IMAGE_SERVICE_REST_SHUTDOWN_GRACE_S": str(grace_s),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _RUN,
+        "rest",
+        "--upstream",
+        f"127.0.0.1:{port}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+        match = re.search(r"on (http://\S+) ->", line)
+        assert match, line
+        process.base_url = match.group(1)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await server.stop(0)
+
+
+def _client(base_url: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=60,
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+    )
+
+
+async def test_sigterm_flips_readiness_then_lets_requests_in_flight_finish() -> None:
+    in_flight = 20
+    service = HeldService(expected=in_flight)
+    async with sidecar_process(service, grace_s=60) as process, _client(process.base_url) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        requests = [
+            asyncio.ensure_future(http.post("/v1/images/generations", json=BODY))
+            for _ in range(in_flight)
+        ]
+        await asyncio.wait_for(service.all_started.wait(), 30)
+        process.send_signal(signal.SIGTERM)
+        # Readiness answers 503 while the requests are still running...
+        ready = await http.get("/readyz")
+        assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
+        # ...and they run past uvicorn's old 1 s cut-off, then finish.
+        await asyncio.sleep(1.5)
+        assert not any(request.done() for request in requests)
+        service.release.set()
+        responses = await asyncio.gather(*requests)
+        assert [r.status_code for r in responses] == [200] * in_flight
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_what_cannot_finish_in_the_grace_gets_an_openai_503() -> None:
+    service = HeldService(expected=4)
+    async with sidecar_process(service, grace_s=0.5) as process, _client(process.base_url) as http:
+        unary = [
+            asyncio.ensure_future(http.post("/v1/images/generations", json=BODY)) for _ in range(3)
+        ]
+        stream = asyncio.ensure_future(
+            http.post("/v1/images/generations", json={**BODY, "stream": True})
+        )
+        await asyncio.wait_for(service.all_started.wait(), 30)
+        process.send_signal(signal.SIGTERM)
+        for response in await asyncio.gather(*unary):
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+            assert response.json()["error"] == {
+                "message": "The server is shutting down; retry the request.",
+                "type": "server_error",
+                "param": None,
+                "code": "shutting_down",
+            }
+        events = (await stream).text
+        assert "event: image_generation.completed" in events
+        assert events.rstrip().endswith('"code":"shutting_down"}}')
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    # The upstream calls were cancelled, not left running.
+    assert sorted(service.cancelled) == ["Generate"] * 3 + ["StreamGenerate"]
+
+
+@pytest.mark.parametrize("grace", ["-1", "soon"])
+def test_grace_must_be_a_non_negative_number(grace: str) -> None:
+    from pydantic import ValidationError
+
+    from server.settings import Settings
+
+    with pytest.raises(ValidationError):
+        Settings(rest_shutdown_grace_s=grace)
