@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
 import signal
-import sys
-from pathlib import Path
 
 import httpx
 
 from server.cli import rest_command
-
-ROOT = Path(__file__).resolve().parents[2]
-# The command as `image-service` will run it, without depending on the
-# dispatcher in server/cli/__init__.py.
-_RUN = (
-    "import argparse, asyncio, sys\n"
-    "from server.cli import rest_command\n"
-    "parser = argparse.ArgumentParser()\n"
-    "rest_command.register(parser.add_subparsers())\n"
-    "args = parser.parse_args(sys.argv[1:])\n"
-    "sys.exit(asyncio.run(args.func(args)))\n"
-)
+from tests.rest.rest_process import rest_process
 
 
 def test_flags() -> None:
@@ -36,36 +21,12 @@ def test_flags() -> None:
 
 
 async def test_serves_until_sigterm() -> None:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'generated'}"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _RUN,
-        "rest",
-        "--upstream",
-        "127.0.0.1:1",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
-        match = re.search(r"on (http://\S+) -> gRPC 127\.0\.0\.1:1", line)
-        assert match, line
-        async with httpx.AsyncClient(base_url=match.group(1)) as http:
+    async with rest_process("127.0.0.1:1") as rest:
+        assert "-> gRPC 127.0.0.1:1" in rest.banner
+        async with httpx.AsyncClient(base_url=rest.base_url) as http:
             assert (await http.get("/healthz")).status_code == 200
             # Nothing listens on the upstream port: the service is unavailable.
             models = await http.get("/v1/models")
         assert models.status_code == 503
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        rest.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(rest.process.wait(), 30) == 0

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
 import signal
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,16 +22,8 @@ from google.protobuf import message as protobuf_message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tests.rest.conftest import Context, FakeImageService, sample_generation, sample_image
+from tests.rest.rest_process import RestProcess, rest_process
 
-ROOT = Path(__file__).resolve().parents[2]
-_RUN = (
-    "import argparse, asyncio, sys\n"
-    "from server.cli import rest_command\n"
-    "parser = argparse.ArgumentParser()\n"
-    "rest_command.register(parser.add_subparsers())\n"
-    "args = parser.parse_args(sys.argv[1:])\n"
-    "sys.exit(asyncio.run(args.func(args)))\n"
-)
 BODY = {"model": "azure/flux-kontext-pro", "prompt": "a fox"}
 
 
@@ -71,7 +59,8 @@ class HeldService(FakeImageService):  # type: ignore[misc]
 
 
 @contextlib.asynccontextmanager
-async def sidecar_process(service: HeldService, grace_s: float) -> AsyncIterator[Any]:
+async def sidecar_process(service: HeldService, grace_s: float) -> AsyncIterator[RestProcess]:
+    """`image-service rest` in front of `service` (which also reports SERVING)."""
     server = grpc.aio.server()
     pb_grpc.add_ImageServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -79,38 +68,12 @@ async def sidecar_process(service: HeldService, grace_s: float) -> AsyncIterator
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'generated'}",
-        "IMAGE_SERVICE_REST_SHUTDOWN_GRACE_S": str(grace_s),
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _RUN,
-        "rest",
-        "--upstream",
-        f"127.0.0.1:{port}",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
     try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
-        match = re.search(r"on (http://\S+) ->", line)
-        assert match, line
-        process.base_url = match.group(1)
-        yield process
+        async with rest_process(
+            f"127.0.0.1:{port}", {"IMAGE_SERVICE_REST_SHUTDOWN_GRACE_S": str(grace_s)}
+        ) as rest:
+            yield rest
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
         await server.stop(0)
 
 
@@ -125,14 +88,14 @@ def _client(base_url: str) -> httpx.AsyncClient:
 async def test_sigterm_flips_readiness_then_lets_requests_in_flight_finish() -> None:
     in_flight = 20
     service = HeldService(expected=in_flight)
-    async with sidecar_process(service, grace_s=60) as process, _client(process.base_url) as http:
+    async with sidecar_process(service, grace_s=60) as rest, _client(rest.base_url) as http:
         assert (await http.get("/readyz")).status_code == 200
         requests = [
             asyncio.ensure_future(http.post("/v1/images/generations", json=BODY))
             for _ in range(in_flight)
         ]
         await asyncio.wait_for(service.all_started.wait(), 30)
-        process.send_signal(signal.SIGTERM)
+        rest.process.send_signal(signal.SIGTERM)
         # Readiness answers 503 while the requests are still running...
         ready = await http.get("/readyz")
         assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
@@ -142,12 +105,12 @@ async def test_sigterm_flips_readiness_then_lets_requests_in_flight_finish() -> 
         service.release.set()
         responses = await asyncio.gather(*requests)
         assert [r.status_code for r in responses] == [200] * in_flight
-        assert await asyncio.wait_for(process.wait(), 30) == 0
+        assert await asyncio.wait_for(rest.process.wait(), 30) == 0
 
 
 async def test_what_cannot_finish_in_the_grace_gets_an_openai_503() -> None:
     service = HeldService(expected=4)
-    async with sidecar_process(service, grace_s=0.5) as process, _client(process.base_url) as http:
+    async with sidecar_process(service, grace_s=0.5) as rest, _client(rest.base_url) as http:
         unary = [
             asyncio.ensure_future(http.post("/v1/images/generations", json=BODY)) for _ in range(3)
         ]
@@ -155,7 +118,7 @@ async def test_what_cannot_finish_in_the_grace_gets_an_openai_503() -> None:
             http.post("/v1/images/generations", json={**BODY, "stream": True})
         )
         await asyncio.wait_for(service.all_started.wait(), 30)
-        process.send_signal(signal.SIGTERM)
+        rest.process.send_signal(signal.SIGTERM)
         for response in await asyncio.gather(*unary):
             assert response.status_code == 503
             assert response.headers["retry-after"] == "1"
@@ -168,7 +131,7 @@ async def test_what_cannot_finish_in_the_grace_gets_an_openai_503() -> None:
         events = (await stream).text
         assert "event: image_generation.completed" in events
         assert events.rstrip().endswith('"code":"shutting_down"}}')
-        assert await asyncio.wait_for(process.wait(), 30) == 0
+        assert await asyncio.wait_for(rest.process.wait(), 30) == 0
     # The upstream calls were cancelled, not left running.
     assert sorted(service.cancelled) == ["Generate"] * 3 + ["StreamGenerate"]
 
