@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.asgi import AsgiServer
 from server.domain.backends import Backends
 from server.domain.catalogue import Catalogue
 from server.domain.orchestrator import Orchestrator
 from server.domain.ports import BlobStore
 from server.domain.retry import RetryPolicy
+from server.domain.telemetry import NO_TELEMETRY, ObservedBackend, ObservedStore, Telemetry
+from server.observability.metrics import ServiceMetrics, metrics_app
 from server.providers.registry import build_backends, check_catalogue
+from server.rpc.observing import ObservingInterceptor
 from server.rpc.server import GrpcServer
 from server.settings import Settings
 from server.storage.local import LocalDirectoryStore
@@ -67,6 +71,8 @@ class GrpcService:
     backends: Backends
     store: BlobStore
     record_store: BlobStore | None = None
+    metrics: ServiceMetrics | None = None
+    metrics_server: AsgiServer | None = None
 
     @property
     def port(self) -> int:
@@ -75,6 +81,8 @@ class GrpcService:
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with port 0)."""
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         await self.server.start()
         return self.port
 
@@ -86,6 +94,8 @@ class GrpcService:
         await self.store.aclose()
         if self.record_store is not None:
             await self.record_store.aclose()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
 
     async def wait(self) -> None:
         await self.server.wait()
@@ -101,22 +111,34 @@ async def create_grpc_service(
     """Build (but do not start) the service from `settings`."""
     catalogue = catalogue or Catalogue.load()
     check_catalogue(catalogue)  # a bad catalogue `options` value fails start-up
+    metrics = ServiceMetrics({m.name: m.backend for m in catalogue}) if settings.metrics else None
+    telemetry: Telemetry = metrics or NO_TELEMETRY
     if backends is None:
         configured, missing = build_backends(settings, {m.backend for m in catalogue})
-        backends = Backends(configured, missing)
+        backends = Backends(
+            {key: ObservedBackend(backend, key, telemetry) for key, backend in configured.items()},
+            missing,
+        )
     store = store or build_store(settings)
     record_store = build_record_store(settings)
     orchestrator = Orchestrator(
         catalogue,
         backends,
-        store,
+        ObservedStore(store, telemetry),
         storage_retry=RetryPolicy(
             attempts=settings.storage_attempts,
             base_delay=settings.upstream_backoff_base_s,
             max_delay=settings.upstream_backoff_max_s,
         ),
         default_deadline_s=settings.default_deadline_s,
-        record_store=record_store,
+        record_store=ObservedStore(record_store, telemetry) if record_store else None,
     )
-    server = GrpcServer.build(settings, orchestrator)
-    return GrpcService(settings, server, orchestrator, backends, store, record_store)
+    server = GrpcServer.build(settings, orchestrator, interceptors=[ObservingInterceptor(metrics)])
+    metrics_server = None
+    if metrics is not None:
+        metrics_server = AsgiServer(
+            metrics_app(metrics.registry), settings.metrics_host, settings.metrics_port
+        )
+    return GrpcService(
+        settings, server, orchestrator, backends, store, record_store, metrics, metrics_server
+    )

@@ -55,6 +55,16 @@ class Settings(BaseSettings):
     reflection: bool = True
     log_level: str = "INFO"
 
+    # --- observability (see docs/operations.md) -------------------------------
+    # "json": one JSON object per line, for log collectors.
+    log_format: Literal["text", "json"] = "text"
+    # Prometheus metrics: the gRPC server's own HTTP port (the sidecar serves
+    # /metrics on its REST port). False turns both off.
+    metrics: bool = True
+    metrics_host: str = "::"
+    # 9464 is OpenTelemetry's Prometheus exporter port; 0 picks a free one.
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+
     # --- REST sidecar (OpenAI-compatible /v1/images/*) ----------------------
     rest_host: str = "::"
     rest_port: int = 8080

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 async def run_rest(args: argparse.Namespace) -> int:
     """Serve the sidecar until SIGTERM/SIGINT; returns the exit code."""
     from server.asgi import AsgiServer
+    from server.observability.logs import configure_logging
     from server.rest import create_app, open_channel
     from server.rest.drain import Drain
     from server.settings import Settings
@@ -56,10 +56,7 @@ async def run_rest(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[field] = value
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     channel = open_channel(settings)
     drain = Drain()
     server = AsgiServer(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,17 +34,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dev.add_argument("--grpc-port", type=int, default=50051)
     dev.add_argument("--http-port", type=int, default=8080)
     dev.add_argument("--sandbox-port", type=int, default=0, help="emulators' port (0: any)")
+    dev.add_argument(
+        "--metrics-port",
+        type=int,
+        help="the gRPC server's Prometheus port (default: IMAGE_SERVICE_METRICS_PORT; 0: any)",
+    )
     dev.set_defaults(func=_dev)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        # httpx logs every upstream call at INFO: a line per image at any
-        # load, with nothing the backends' own warnings on failure lack.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+def _configure_logging(level: str, fmt: str = "text") -> None:
+    from server.observability.logs import configure_logging
+
+    configure_logging(level, "json" if fmt == "json" else "text")
 
 
 async def _until_signalled(stop: Callable[[], Awaitable[None]]) -> int:
@@ -74,11 +74,15 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["grpc_port"] = args.port
     settings = Settings(**overrides)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     service = await create_grpc_service(settings)
     await service.start()
+    metrics = ""
+    if service.metrics_server is not None:
+        metrics = f", metrics on {service.metrics_server.base_url}/metrics"
     print(
-        f"image-service serving gRPC on {host_port(settings.grpc_host, service.port)}", flush=True
+        f"image-service serving gRPC on {host_port(settings.grpc_host, service.port)}{metrics}",
+        flush=True,
     )
     return await _until_signalled(service.stop)
 
@@ -102,16 +106,17 @@ async def _dev(args: argparse.Namespace) -> int:
     from server.app import create_grpc_service
     from server.asgi import AsgiServer
     from server.rest.app import rest_routes
+    from server.rest.observing import observe
     from server.sandbox.server import SandboxServer
     from server.settings import Settings
     from server.storage.media_http import media_mount
 
     base = Settings()
-    _configure_logging(base.log_level)
+    _configure_logging(base.log_level, base.log_format)
     sandbox = SandboxServer("127.0.0.1", args.sandbox_port)
     await sandbox.start()
     http_app = Starlette(routes=[media_mount(base.local_storage_dir)])
-    http = AsgiServer(http_app, "127.0.0.1", args.http_port)
+    http = AsgiServer(observe(http_app, metrics=base.metrics), "127.0.0.1", args.http_port)
     await http.start()
     settings = Settings(
         **{
@@ -119,14 +124,19 @@ async def _dev(args: argparse.Namespace) -> int:
             "grpc_host": "127.0.0.1",
             "grpc_port": args.grpc_port,
             "local_public_base_url": f"{http.base_url}/media",
+            "metrics_host": "127.0.0.1",
+            **({} if args.metrics_port is None else {"metrics_port": args.metrics_port}),
         }
     )
     service = await create_grpc_service(settings)
     await service.start()
     http_app.router.routes.extend(rest_routes(f"127.0.0.1:{service.port}", settings))
+    metrics = ""
+    if service.metrics_server is not None:
+        metrics = f" metrics={service.metrics_server.base_url}/metrics"
     print(
         f"image-service dev ready: grpc=127.0.0.1:{service.port} "
-        f"http={http.base_url} (REST /v1, media /media) emulators={sandbox.base_url}",
+        f"http={http.base_url} (REST /v1, media /media) emulators={sandbox.base_url}{metrics}",
         flush=True,
     )
 

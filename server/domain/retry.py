@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from server.domain.deadline import Deadline
 from server.domain.errors import ImageServiceError, UpstreamTimeout
+from server.domain.telemetry import report_retry
 
 T = TypeVar("T")
 
@@ -62,6 +63,7 @@ class RetryPolicy:
                 remaining = deadline.remaining()
                 if remaining is not None and delay >= remaining:
                     raise
+                report_retry(error)
                 await asyncio.sleep(delay)
 
 

@@ -24,11 +24,14 @@ from chuizi.image.v1 import image_service_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
+from server.observability.metrics import RestMetrics
+from server.observability.request_context import REQUEST_ID_HEADER
 from server.rest import forms
 from server.rest.drain import Drain, DrainMiddleware
 from server.rest.errors import (
@@ -40,10 +43,10 @@ from server.rest.errors import (
     RestError,
     from_rpc_error,
 )
+from server.rest.observing import ObservingMiddleware, metrics_route
 from server.rest.responses import ChunkedJSONResponse, generation_chunks, model_list, model_object
 from server.rest.streaming import EDIT_IMAGE_EVENT, GENERATION_IMAGE_EVENT, start_stream
 from server.rest.upstream import (
-    REQUEST_ID_HEADER,
     CallContext,
     ClientDisconnected,
     DisconnectWatcher,
@@ -284,12 +287,16 @@ def create_app(
     process's shutdown state, `server.rest.drain`) counts requests in flight
     and turns `/readyz` to 503 once shutdown begins.
     """
+    metrics = RestMetrics() if settings.metrics else None
+    observability = [metrics_route(metrics)] if metrics is not None else []
     app = Starlette(
         routes=[
             *rest_routes(channel, settings, drain),
             *health_routes(channel, drain),
+            *observability,
             *extra_routes,
         ],
         exception_handlers={404: _http_error, 405: _http_error},
+        middleware=[Middleware(ObservingMiddleware, metrics=metrics)],
     )
     return app if drain is None else DrainMiddleware(app, drain)

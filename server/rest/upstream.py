@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ import grpc
 from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 from starlette.types import Receive
 
+from server.observability import request_context
 from server.rest.drain import Drain, ShuttingDown
 from server.rest.errors import (
     AUTHENTICATION,
@@ -28,13 +28,11 @@ from server.rest.errors import (
     INVALID_AUTHORIZATION_HEADER,
     RestError,
 )
+from server.rest.observing import access_fields_interceptors
 from server.settings import Settings
 
 T = TypeVar("T")
 
-REQUEST_ID_HEADER = "X-Request-Id"
-# Printable ASCII without spaces: safe as gRPC metadata and in log lines.
-_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 # What gRPC accepts in an ASCII metadata value.
 _METADATA_VALUE = re.compile(r"^[\x20-\x7e]*$")
 # gRPC refuses call metadata over 8 KiB at random (a "soft" limit) and always
@@ -61,7 +59,9 @@ def open_channel(settings: Settings, target: str | None = None) -> grpc.aio.Chan
     from inside the event loop that will use it.
     """
     return grpc.aio.insecure_channel(
-        target or settings.rest_upstream, options=channel_options(settings)
+        target or settings.rest_upstream,
+        options=channel_options(settings),
+        interceptors=access_fields_interceptors(),
     )
 
 
@@ -84,10 +84,12 @@ class CallContext:
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> CallContext:
-        """Take `X-Request-Id` if it is usable, else generate one."""
-        request_id = headers.get("x-request-id", "")
-        if not _REQUEST_ID.match(request_id):
-            request_id = f"req-{uuid.uuid4().hex}"
+        """The request id the middleware chose, else `X-Request-Id` if usable, else a new one."""
+        serving = request_context.current()
+        if serving is not None:
+            request_id = serving.request_id
+        else:
+            request_id = request_context.request_id_or_new(headers.get("x-request-id"))
         return cls(request_id, headers.get("authorization"))
 
     def check_authorization(self) -> None:

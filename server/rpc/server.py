@@ -7,6 +7,7 @@ hands it the orchestrator and owns everything else.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -61,14 +62,20 @@ class GrpcServer:
         self.port = port
 
     @classmethod
-    def build(cls, settings: Settings, orchestrator: Orchestrator) -> GrpcServer:
+    def build(
+        cls,
+        settings: Settings,
+        orchestrator: Orchestrator,
+        *,
+        interceptors: Sequence[Any] = (),
+    ) -> GrpcServer:
         """Assemble the server and bind `settings.grpc_host:grpc_port`.
 
         grpc raises `RuntimeError` when the address cannot be bound,
         including when another server holds the port (`grpc.so_reuseport`
         is off).
         """
-        server = grpc.aio.server(options=server_options(settings))
+        server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         # The generated *_pb2_grpc module carries no annotations.
         pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(orchestrator), server)  # type: ignore[no-untyped-call]
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]

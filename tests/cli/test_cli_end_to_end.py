@@ -47,6 +47,8 @@ async def dev(tmp_path: pathlib.Path) -> AsyncIterator[Dev]:
         "0",
         "--http-port",
         "0",
+        "--metrics-port",
+        "0",
         cwd=tmp_path,
         env=env,
         stdout=asyncio.subprocess.PIPE,

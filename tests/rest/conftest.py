@@ -237,6 +237,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[RealStack]:
         **sandbox.settings_overrides(),
         grpc_host="127.0.0.1",
         grpc_port=0,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
         local_storage_dir=tmp_path / "media",
         local_public_base_url="https://media.test/media",
         # Faults injected in the sandbox reach the caller without retries.

@@ -46,6 +46,8 @@ def settings_for(
         **sandbox.settings_overrides(),
         "grpc_host": "127.0.0.1",
         "grpc_port": 0,
+        "metrics_host": "127.0.0.1",
+        "metrics_port": 0,
         "local_storage_dir": media_dir,
         "local_public_base_url": media_url,
         "upstream_backoff_base_s": 0.01,

@@ -56,6 +56,8 @@ def r2_settings(
     values: dict[str, Any] = {
         "grpc_host": "127.0.0.1",
         "grpc_port": 0,
+        "metrics_host": "127.0.0.1",
+        "metrics_port": 0,
         "reflection": False,
         "storage": "r2",
         "r2_endpoint_url": endpoint_url,

@@ -1,0 +1,236 @@
+"""The server interceptor behind metrics, access lines and request ids.
+
+For every unary and server-streaming RPC it:
+
+- takes the request id from the `x-request-id` metadata (the REST sidecar
+  forwards its own) or makes one, makes it current for the call's logs and
+  returns it in the initial metadata (headers), which also reach callers of
+  failed RPCs;
+- records `rpc_server_duration_seconds` and the active-calls gauge;
+- for the image RPCs, tracks in-flight generations per model, their
+  duration, time to first image (streams), images, inline fallbacks and
+  cost, read from the responses the servicer sends;
+- writes one access line (`server.observability.access`), except for
+  health checks, which probes send every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+from chuizi.image.v1 import image_service_pb2 as pb
+
+from server.observability.access import log_access
+from server.observability.metrics import ServiceMetrics
+from server.observability.request_context import (
+    REQUEST_ID_METADATA,
+    RequestContext,
+    request_id_or_new,
+    serving,
+)
+
+_IMAGE_SERVICE = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
+_GENERATING = frozenset({"Generate", "Edit", "StreamGenerate", "StreamEdit"})
+_UNLOGGED_SERVICES = frozenset({"grpc.health.v1.Health"})
+
+Context = grpc.aio.ServicerContext[Any, Any]
+UnaryBehaviour = Callable[[Any, Context], Awaitable[Any]]
+StreamBehaviour = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+def _code_name(context: Context, error: BaseException | None) -> str:
+    """The status the call ended with, as a gRPC code name."""
+    if error is None:
+        code = context.code()
+        return "OK" if code is None else _name(code)
+    if isinstance(error, grpc.aio.AbortError) or context.code() not in (None, grpc.StatusCode.OK):
+        code = context.code()
+        return "UNKNOWN" if code is None else _name(code)
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    return "UNKNOWN"
+
+
+def _name(code: Any) -> str:
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    for status in grpc.StatusCode:  # grpc.aio may report the integer value
+        if status.value[0] == code:
+            return status.name
+    return "UNKNOWN"
+
+
+def _request_id(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_METADATA and isinstance(value, str):
+            return request_id_or_new(value)
+    return request_id_or_new(None)
+
+
+def _cost(text: str) -> Decimal | None:
+    try:
+        return Decimal(text) if text else None
+    except InvalidOperation:
+        return None
+
+
+class _Call:
+    """One RPC being observed."""
+
+    def __init__(
+        self, metrics: ServiceMetrics | None, service: str, method: str, context: Context
+    ) -> None:
+        self.metrics = metrics
+        self.service = service
+        self.method = method
+        self.full_method = f"/{service}/{method}"
+        self.context = context
+        self.request = RequestContext(_request_id(context))
+        self.started = time.monotonic()
+        self.generating = service == _IMAGE_SERVICE and method in _GENERATING
+        self.model_label = ""
+        self.first_image_seen = False
+
+    async def begin(self, request: Any) -> None:
+        await self.context.send_initial_metadata(((REQUEST_ID_METADATA, self.request.request_id),))
+        if self.generating and isinstance(request, pb.GenerateRequest | pb.EditRequest):
+            self.request.model = request.model
+        if self.metrics is None:
+            return
+        self.metrics.rpc_active.labels("grpc", self.service, self.method).inc()
+        if self.generating:
+            self.model_label = self.metrics.model(self.request.model)
+            backend = self.metrics.backend_of(self.request.model)
+            self.metrics.generations_in_flight.labels(self.model_label, backend).inc()
+
+    def saw(self, message: Any) -> None:
+        """Note what a response message tells (images, the generation record)."""
+        if isinstance(message, pb.Generation):
+            self._generation(message)
+        elif isinstance(message, pb.StreamGenerateResponse | pb.StreamEditResponse):
+            if message.HasField("generation"):
+                self._generation(message.generation)
+            elif not self.first_image_seen:
+                self.first_image_seen = True
+                if self.metrics is not None:
+                    self.metrics.time_to_first_image.labels(
+                        self.model_label, self.metrics.backend_of(self.request.model)
+                    ).observe(time.monotonic() - self.started)
+
+    def _generation(self, generation: pb.Generation) -> None:
+        self.request.generation_id = generation.generation_id
+        self.request.model = generation.model or self.request.model
+        if not self.generating:
+            return  # GetGeneration: delivered and paid for earlier
+        self.request.images = len(generation.images)
+        self.request.cost = _cost(generation.cost)
+        if self.metrics is not None:
+            self.metrics.generation_delivered(
+                generation.model,
+                images=len(generation.images),
+                inline_fallbacks=sum(1 for image in generation.images if not image.stored),
+                cost=self.request.cost or Decimal(0),
+            )
+
+    def end(self, error: BaseException | None) -> None:
+        seconds = time.monotonic() - self.started
+        code = _code_name(self.context, error)
+        if self.metrics is not None:
+            self.metrics.rpc_active.labels("grpc", self.service, self.method).dec()
+            self.metrics.rpc_duration.labels("grpc", self.service, self.method, code).observe(
+                seconds
+            )
+            if self.generating:
+                backend = self.metrics.backend_of(self.request.model)
+                self.metrics.generations_in_flight.labels(self.model_label, backend).dec()
+                self.metrics.generation_duration.labels(self.model_label, backend, code).observe(
+                    seconds
+                )
+        if self.service not in _UNLOGGED_SERVICES:
+            log_access(
+                self.request, kind="rpc", method=self.full_method, status=code, seconds=seconds
+            )
+
+
+if TYPE_CHECKING:  # generic only in grpc-stubs
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class ObservingInterceptor(_ServerInterceptor):
+    """See the module doc; `metrics` None logs and tags without counting."""
+
+    def __init__(self, metrics: ServiceMetrics | None) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                # grpc.aio hands aio behaviours through the sync-typed handler.
+                self._unary(cast(UnaryBehaviour, handler.unary_unary), service, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(cast(StreamBehaviour, handler.unary_stream), service, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client-streaming calls (reflection) pass unobserved
+
+    def _unary(self, behaviour: UnaryBehaviour, service: str, method: str) -> UnaryBehaviour:
+        metrics = self._metrics
+
+        async def observed(request: Any, context: Context) -> Any:
+            call = _Call(metrics, service, method, context)
+            with serving(call.request):
+                error: BaseException | None = None
+                try:
+                    await call.begin(request)
+                    response = await behaviour(request, context)
+                    call.saw(response)
+                    return response
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    call.end(error)
+
+        return observed
+
+    def _stream(self, behaviour: StreamBehaviour, service: str, method: str) -> StreamBehaviour:
+        metrics = self._metrics
+
+        async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
+            call = _Call(metrics, service, method, context)
+            with serving(call.request):
+                error: BaseException | None = None
+                try:
+                    await call.begin(request)
+                    async for message in behaviour(request, context):
+                        call.saw(message)
+                        yield message
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    call.end(error)
+
+        return observed

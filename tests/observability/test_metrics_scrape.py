@@ -1,0 +1,259 @@
+"""Both processes' /metrics, scraped over HTTP after real requests.
+
+A REST generation, a gRPC stream, a bad request and an upstream that fails
+(then recovers on retry) each move exactly the counters and histograms they
+should, with bounded labels and nothing from the prompt.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import AsyncIterator
+
+import grpc
+import httpx
+import pytest
+from chuizi.image.v1 import image_service_pb2 as pb
+
+from server.sandbox.faults import FaultMode
+from server.sandbox.server import SandboxServer
+from tests.observability.scrape import TwoProcesses, delta, scrape, two_processes, value
+
+KONTEXT = "azure/flux-kontext-pro"
+IMAGEN_FAST = "google/imagen-4.0-fast"
+SERVICE = "chuizi.image.v1.ImageService"
+PROMPT = "a lighthouse drawn in chalk"
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[SandboxServer]:
+    async with SandboxServer("127.0.0.1", 0) as running:
+        yield running
+
+
+@pytest.fixture
+async def both(sandbox: SandboxServer, tmp_path: pathlib.Path) -> AsyncIterator[TwoProcesses]:
+    async with two_processes(sandbox, tmp_path) as running:
+        yield running
+
+
+async def test_a_rest_generation_moves_both_processes_metrics(both: TwoProcesses) -> None:
+    service_before = await scrape(both.service_metrics_url)
+    sidecar_before = await scrape(f"{both.sidecar_url}/metrics")
+
+    async with httpx.AsyncClient(base_url=both.sidecar_url) as client:
+        response = await client.post(
+            "/v1/images/generations",
+            json={"model": KONTEXT, "prompt": PROMPT, "n": 2},
+            timeout=30,
+        )
+    assert response.status_code == 200, response.text
+
+    service = await scrape(both.service_metrics_url)
+    sidecar = await scrape(f"{both.sidecar_url}/metrics")
+    labels = {"model": KONTEXT, "backend": "azure_flux"}
+    assert delta(service_before, service, "image_service_images_total", **labels) == 2
+    assert delta(service_before, service, "image_service_cost_usd_total", **labels) == (
+        pytest.approx(0.10)
+    )
+    assert (
+        delta(
+            service_before,
+            service,
+            "image_service_generation_duration_seconds_count",
+            code="OK",
+            **labels,
+        )
+        == 1
+    )
+    # n=2 on a one-image-per-call model: two upstream calls.
+    assert (
+        delta(
+            service_before,
+            service,
+            "image_service_upstream_call_duration_seconds_count",
+            backend="azure_flux",
+            model=KONTEXT,
+            outcome="OK",
+        )
+        == 2
+    )
+    # Two images and one record written.
+    assert (
+        delta(
+            service_before,
+            service,
+            "image_service_storage_put_duration_seconds_count",
+            outcome="OK",
+        )
+        == 3
+    )
+    assert (
+        delta(
+            service_before,
+            service,
+            "rpc_server_duration_seconds_count",
+            rpc_service=SERVICE,
+            rpc_method="Generate",
+            rpc_grpc_status_code="OK",
+        )
+        == 1
+    )
+    assert value(service, "image_service_generations_in_flight", **labels) == 0
+    assert (
+        delta(
+            sidecar_before,
+            sidecar,
+            "http_server_request_duration_seconds_count",
+            http_request_method="POST",
+            http_route="/v1/images/generations",
+            http_response_status_code="200",
+        )
+        == 1
+    )
+    # The sidecar exports only its own families.
+    assert value(sidecar, "image_service_images_total") == 0
+    for samples in (service, sidecar):
+        assert not any(PROMPT in str(key) for key in samples)
+
+
+async def test_a_stream_records_time_to_first_image(both: TwoProcesses) -> None:
+    before = await scrape(both.service_metrics_url)
+    messages = [
+        message
+        async for message in both.stack.stub.StreamGenerate(
+            pb.GenerateRequest(model=IMAGEN_FAST, prompt=PROMPT, n=3), timeout=30
+        )
+    ]
+    assert sum(m.HasField("image") for m in messages) == 3
+
+    after = await scrape(both.service_metrics_url)
+    labels = {"model": IMAGEN_FAST, "backend": "vertex_imagen"}
+    assert delta(before, after, "image_service_time_to_first_image_seconds_count", **labels) == 1
+    assert delta(before, after, "image_service_images_total", **labels) == 3
+    assert delta(before, after, "image_service_cost_usd_total", **labels) == pytest.approx(0.06)
+    assert (
+        delta(
+            before,
+            after,
+            "rpc_server_duration_seconds_count",
+            rpc_method="StreamGenerate",
+            rpc_grpc_status_code="OK",
+        )
+        == 1
+    )
+
+
+async def test_failures_count_by_code_and_reason(both: TwoProcesses) -> None:
+    before = await scrape(both.service_metrics_url)
+    sidecar_before = await scrape(f"{both.sidecar_url}/metrics")
+
+    # A bad request: INVALID_ARGUMENT, no upstream call.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await both.stack.stub.Generate(
+            pb.GenerateRequest(model=KONTEXT, prompt=PROMPT, n=99), timeout=30
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # An unknown model through REST: counted under `other`, never its name.
+    async with httpx.AsyncClient(base_url=both.sidecar_url) as client:
+        response = await client.post(
+            "/v1/images/generations",
+            json={"model": "acme/secret-model-name", "prompt": PROMPT},
+            timeout=30,
+        )
+    assert response.status_code == 404
+    # The upstream fails twice with 500, then answers: two retries, one OK call.
+    faults = both.stack.sandbox.emulator("azure_flux").faults
+    faults.push(FaultMode.SERVER_ERROR, times=2)
+    await both.stack.stub.Generate(pb.GenerateRequest(model=KONTEXT, prompt=PROMPT), timeout=30)
+    # And fails for good (the default 4 attempts): an UNAVAILABLE generation.
+    faults.push(FaultMode.SERVER_ERROR, times=4)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await both.stack.stub.Generate(pb.GenerateRequest(model=KONTEXT, prompt=PROMPT), timeout=30)
+    failed_code = caught.value.code().name
+
+    after = await scrape(both.service_metrics_url)
+    sidecar = await scrape(f"{both.sidecar_url}/metrics")
+    flux = {"backend": "azure_flux", "model": KONTEXT}
+    assert (
+        delta(
+            before,
+            after,
+            "rpc_server_duration_seconds_count",
+            rpc_method="Generate",
+            rpc_grpc_status_code="INVALID_ARGUMENT",
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "image_service_generation_duration_seconds_count",
+            model="other",
+            code="NOT_FOUND",
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "image_service_upstream_retries_total",
+            reason="UPSTREAM_UNAVAILABLE",
+            **flux,
+        )
+        == 2 + 3
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "image_service_upstream_call_duration_seconds_count",
+            outcome="UPSTREAM_UNAVAILABLE",
+            **flux,
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "image_service_upstream_call_duration_seconds_count",
+            outcome="OK",
+            **flux,
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "image_service_generation_duration_seconds_count",
+            code=failed_code,
+            **{"model": KONTEXT},
+        )
+        == 1
+    )
+    assert delta(before, after, "image_service_images_total", model=KONTEXT) == 1
+    assert (
+        delta(
+            sidecar_before,
+            sidecar,
+            "http_server_request_duration_seconds_count",
+            http_route="/v1/images/generations",
+            http_response_status_code="404",
+        )
+        == 1
+    )
+    assert not any("secret-model-name" in str(key) for key in after)
+    assert not any("secret-model-name" in str(key) for key in sidecar)
+
+
+async def test_metrics_can_be_turned_off(sandbox: SandboxServer, tmp_path: pathlib.Path) -> None:
+    async with two_processes(sandbox, tmp_path, metrics=False) as off:
+        assert off.stack.service.metrics_server is None
+        async with httpx.AsyncClient(base_url=off.sidecar_url) as client:
+            assert (await client.get("/metrics")).status_code == 404
+            response = await client.get("/v1/models")
+        assert response.status_code == 200
