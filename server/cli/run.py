@@ -77,13 +77,11 @@ async def _serve(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level, settings.log_format)
     service = await create_grpc_service(settings)
     await service.start()
-    metrics = ""
-    if service.metrics_server is not None:
-        metrics = f", metrics on {service.metrics_server.base_url}/metrics"
     print(
-        f"image-service serving gRPC on {host_port(settings.grpc_host, service.port)}{metrics}",
-        flush=True,
+        f"image-service serving gRPC on {host_port(settings.grpc_host, service.port)}", flush=True
     )
+    if service.metrics_server is not None:
+        print(f"metrics on {service.metrics_server.base_url}/metrics", flush=True)
     return await _until_signalled(service.stop)
 
 

@@ -17,6 +17,7 @@ For every unary and server-streaming RPC it:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal, InvalidOperation
@@ -188,8 +189,17 @@ class ObservingInterceptor(_ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            streaming = handler.unary_stream
+            # A stream handler is an async generator, or a coroutine that
+            # writes with `context.write` (grpc_health's Watch); the latter
+            # is awaited like a unary one.
+            observed = (
+                self._stream(cast(StreamBehaviour, streaming), service, method)
+                if inspect.isasyncgenfunction(streaming)
+                else self._unary(cast(UnaryBehaviour, streaming), service, method)
+            )
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(cast(StreamBehaviour, handler.unary_stream), service, method),
+                observed,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -95,17 +95,20 @@ async def test_no_canary_reaches_any_log_line_at_debug(
             if ("key" in name or "secret" in name) and len(value) >= 8
         ]
         assert len(credentials) >= 4, credentials
-        async with two_processes(
-            sandbox,
-            tmp_path,
-            storage="r2",
-            r2_endpoint_url=moto_url,
-            r2_bucket="canary",
-            r2_access_key_id=R2_KEY_ID,
-            r2_secret_access_key=R2_SECRET,
-            r2_public_base_url="https://img.canary.test",
-            upstream_attempts=2,
-        ) as both, httpx.AsyncClient(base_url=both.sidecar_url, timeout=60) as client:
+        async with (
+            two_processes(
+                sandbox,
+                tmp_path,
+                storage="r2",
+                r2_endpoint_url=moto_url,
+                r2_bucket="canary",
+                r2_access_key_id=R2_KEY_ID,
+                r2_secret_access_key=R2_SECRET,
+                r2_public_base_url="https://img.canary.test",
+                upstream_attempts=2,
+            ) as both,
+            httpx.AsyncClient(base_url=both.sidecar_url, timeout=60) as client,
+        ):
             for model in GENERATIONS:
                 response = await client.post(
                     "/v1/images/generations",
