@@ -25,6 +25,12 @@ costs the emulator almost no CPU). Faults (`faults.FaultPlan`) answer as
 the upstream would; `CONTENT_FILTER` has two shapes, chosen by the fault's
 variant: `CONTENT_FILTER_HTTP` (default, a 400 error body) or
 `CONTENT_FILTER_FINISH_REASON` (a 200 whose item has no image).
+
+A success can instead name the image by URL (`{"data":[{"url": ...}]}`)
+or answer BFL's asynchronous way (`{"id", "polling_url"}`, then polls):
+`answers` sets the default, `[sandbox:answer=url|polling]` a prompt's; see
+`azure_flux_tasks`. Result URLs are served on `delivery_host` (default: the
+host the request came to) and need no key.
 """
 
 from __future__ import annotations
@@ -53,6 +59,13 @@ from server.sandbox.azure_common import (
     key_matches,
     retry_headers,
     unsupported_api_version,
+)
+from server.sandbox.azure_flux_tasks import (
+    DELIVERY_PATH,
+    POLL_PATH,
+    Answer,
+    AnswerPlan,
+    FluxTasks,
 )
 from server.sandbox.faults import (
     Exchange,
@@ -255,17 +268,21 @@ def _request_meta(model: FluxModel, job: _Job) -> dict[str, float]:
     return {"cost": cost, "input_mp": round(job.input_mp, 2), "output_mp": round(output_mp, 2)}
 
 
-def _render(model: FluxModel, job: _Job) -> dict[str, Any]:
+def _render_image(model: FluxModel, job: _Job) -> bytes:
     label = f"sandbox {model.model} {job.width}x{job.height}"
     if job.seed is not None:
         label += f" seed {job.seed}"
-    image = render_image(
+    return render_image(
         job.width,
         job.height,
         strip_directives(job.prompt),
         label=label,
         image_format="png" if job.output_format == "png" else "jpeg",
     )
+
+
+def _render(model: FluxModel, job: _Job) -> dict[str, Any]:
+    image = _render_image(model, job)
     return {
         "data": [{"b64_json": base64.b64encode(image).decode("ascii")}],
         "request_meta": _request_meta(model, job),
@@ -326,9 +343,25 @@ class AzureFluxEmulator:
         # The latest accepted bodies, newest last (bounded: the sandbox may
         # run for days under `image-service dev`).
         self.received: deque[Received] = deque(maxlen=32)
+        # How a success answers unless the prompt says otherwise.
+        self.answers = AnswerPlan()
+        self.tasks = FluxTasks()
+        # The host result URLs name (None: the one the request came to), so
+        # a test can put them on a host that must never see the key.
+        self.delivery_host: str | None = None
 
     def routes(self) -> list[BaseRoute]:
-        return [Route(ROUTE, self.faults.endpoint(self._handle), methods=["POST"])]
+        return [
+            Route(ROUTE, self.faults.endpoint(self._handle), methods=["POST"]),
+            Route(POLL_PATH, self._poll, methods=["GET"]),
+            Route(DELIVERY_PATH, self._deliver, methods=["GET"]),
+        ]
+
+    def reset(self) -> None:
+        """Back to base64 answers, with no tasks and zeroed counters."""
+        self.answers = AnswerPlan()
+        self.tasks.reset()
+        self.delivery_host = None
 
     def settings_overrides(self, base_url: str) -> dict[str, str]:
         """`Settings` field values that point the real backend at this emulator."""
@@ -374,4 +407,44 @@ class AzureFluxEmulator:
             # The first request of a size encodes it (seconds for MiBs).
             await asyncio.to_thread(_noise_b64, noise)
             return _noise_response(model, job, noise)
-        return JSONResponse(await asyncio.to_thread(_render, model, job))
+        plan = self.answers.for_prompt(job.prompt)
+        if plan.answer is Answer.BASE64:
+            return JSONResponse(await asyncio.to_thread(_render, model, job))
+        task_id = self.tasks.submit(lambda: _render_image(model, job), plan)
+        if plan.answer is Answer.URL:
+            item = {"url": self._delivery_url(request, task_id)}
+            return JSONResponse({"data": [item], "request_meta": _request_meta(model, job)})
+        polling_url = str(request.url.replace(path=POLL_PATH, query=f"id={task_id}"))
+        return JSONResponse({"id": task_id, "polling_url": polling_url})
+
+    def _delivery_url(self, request: Request, task_id: str) -> str:
+        url = request.url.replace(path=DELIVERY_PATH.format(task_id=task_id), query="")
+        if self.delivery_host is not None:
+            url = url.replace(hostname=self.delivery_host)
+        return str(url.include_query_params(sig=self.tasks.signature(task_id)))
+
+    async def _poll(self, request: Request) -> Response:
+        """BFL's get_result: the resource key, then the task's status."""
+        if not self._authorized(request):
+            return invalid_key()
+        if self.tasks.failing_polls > 0:
+            self.tasks.failing_polls -= 1
+            return azure_error(500, "InternalServerError", "The server had an error.")
+        body, ready = self.tasks.poll(request.query_params.get("id", ""))
+        if ready is not None:
+            body["result"] = {"sample": self._delivery_url(request, ready)}
+        return JSONResponse(body)
+
+    async def _deliver(self, request: Request) -> Response:
+        """A signed result URL: no key needed, a wrong signature is a 403."""
+        task = self.tasks.delivery(
+            request.path_params["task_id"],
+            request.query_params.get("sig", ""),
+            with_credentials="authorization" in request.headers,
+        )
+        if task is None:
+            return Response(b"AuthenticationFailed", 403, media_type="text/plain")
+        if task.image is None:
+            task.image = await asyncio.to_thread(task.render)
+        jpeg = task.image.startswith(b"\xff\xd8")
+        return Response(task.image, media_type="image/jpeg" if jpeg else "image/png")

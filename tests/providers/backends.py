@@ -28,7 +28,8 @@ from server.sandbox.server import SandboxServer
 from tests.providers.conftest import FAST_RETRY
 
 TIMEOUT_S = 10.0
-# Wan polls its task; in tests it polls every 10 to 50 ms.
+# Wan (and FLUX, when answered with a polling link) poll a task; in tests
+# every 10 to 50 ms.
 POLL_INITIAL_S, POLL_MAX_S = 0.01, 0.05
 # One session for every Bedrock backend: it caches the service model botocore loads.
 BEDROCK_SESSION = boto3.session.Session()
@@ -42,6 +43,8 @@ def azure_flux(
         api_key=SecretStr(key),
         api_version="preview",
         timeout_s=timeout_s,
+        poll_initial_s=POLL_INITIAL_S,
+        poll_max_s=POLL_MAX_S,
         retry=FAST_RETRY,
     )
 

@@ -19,6 +19,11 @@ size is expressed:
   if smaller), keeping the ratio, in multiples of 16: 1792x1024 → 1440x816.
 
 An edit with no size sends none, so the upstream keeps the input's shape.
+A 2xx may carry the image as base64 (`data[].b64_json`), name it by URL
+(`data[].url`: fetched) or name a task to poll (`polling_url`: polled until
+Ready, then its `result.sample` fetched); see `response` and `backend`.
+Only a failed submission is ever submitted again.
+
 One image per call. Safety refusals (a 400 naming the content filter, or a
 200 whose item has `finish_reason: content_filter`) are `ContentRejected`
 and never retried.
@@ -48,6 +53,9 @@ class AzureFluxSettings(BackendSettings):
     api_version: str = "preview"
     # FLUX.2 pro takes 30-120 s per image.
     timeout_s: float = 180.0
+    # Waits between polls when the upstream answers with a polling link.
+    poll_initial_s: float = 0.5
+    poll_max_s: float = 5.0
 
 
 class AzureFluxOptions(BaseModel):

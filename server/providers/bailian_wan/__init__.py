@@ -21,7 +21,7 @@ task API rather than holding one HTTP request open that long:
 
 This module is the backend's plugin (settings, factory).
 
-Polling starts after `poll_initial_s` and backs off by `POLL_BACKOFF` (with
+Polling starts after `poll_initial_s` and backs off by `_shared.polling.BACKOFF` (with
 a little jitter) up to `poll_max_s`; it stops at the deadline (an
 `UpstreamTimeout`) and at once when the caller's task is cancelled. Either
 way, a task last seen PENDING is cancelled upstream in the background so it

@@ -1,7 +1,7 @@
 """`BailianWanBackend`: submit a task, poll it, cancel it if abandoned, download.
 
-Polling starts after `poll_initial_s` and backs off by `POLL_BACKOFF` (with
-a little jitter) up to `poll_max_s`; it stops at the deadline (an
+Polling starts after `poll_initial_s` and backs off (`_shared.polling`)
+up to `poll_max_s`; it stops at the deadline (an
 `UpstreamTimeout`) and at once when the caller's task is cancelled. Either
 way, a task last seen PENDING is cancelled upstream in the background so it
 is not run (and billed) for nobody. A RUNNING task cannot be cancelled.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from urllib.parse import quote
 
 import httpx
@@ -22,7 +21,8 @@ from server.domain.errors import ImageServiceError, UpstreamTimeout
 from server.domain.ports import UpstreamCall, UpstreamResult
 from server.domain.retry import RetryPolicy
 from server.providers._shared.http import owned_client, send_once, send_with_retry
-from server.providers.bailian_wan.download import ResultDownloader
+from server.providers._shared.polling import PollPacing, check_poll_interval
+from server.providers.bailian_wan.download import result_downloader
 from server.providers.bailian_wan.errors import UPSTREAM, classify_error
 from server.providers.bailian_wan.request import request_body
 from server.providers.bailian_wan.response import (
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 SUBMIT_PATH = "/services/aigc/image-generation/generation"
 
-POLL_BACKOFF = 1.5
-_POLL_JITTER = 0.1
 CANCEL_TIMEOUT_S = 5.0
 
 
@@ -66,8 +64,7 @@ class BailianWanBackend:
         made (over `transport`, if given) and closed by `aclose`."""
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("the DashScope base URL must be an http(s) URL")
-        if poll_initial_s <= 0 or poll_max_s < poll_initial_s:
-            raise ValueError("need 0 < poll_initial_s <= poll_max_s")
+        check_poll_interval(poll_initial_s, poll_max_s)
         if download_concurrency < 1:
             raise ValueError("download_concurrency must be at least 1")
         self._base_url = base_url.rstrip("/")
@@ -79,7 +76,7 @@ class BailianWanBackend:
         self._retry = retry or RetryPolicy()
         self._http = owned_client(client, timeout_s=timeout_s, transport=transport)
         self._client = self._http.resource
-        self._downloads = ResultDownloader(
+        self._downloads = result_downloader(
             self._client,
             concurrency=download_concurrency,
             policy=self._retry,
@@ -125,13 +122,10 @@ class BailianWanBackend:
     async def _wait(self, task: TaskState, deadline: Deadline) -> TaskState:
         """Poll until `task` is terminal; cancel it upstream if abandoned while PENDING."""
         state = task
-        interval = self._poll_initial_s
+        pacing = PollPacing(self._poll_initial_s, self._poll_max_s)
         try:
             while state.status not in TERMINAL:
-                pause = interval * random.uniform(1 - _POLL_JITTER, 1 + _POLL_JITTER)
-                remaining = deadline.remaining()
-                await asyncio.sleep(pause if remaining is None else min(pause, remaining))
-                if deadline.expired():
+                if not await pacing.wait(deadline):
                     raise UpstreamTimeout(
                         "DashScope had not finished the task when the deadline passed.",
                         metadata={"upstream": UPSTREAM.key, "task_id": task.task_id},
@@ -148,7 +142,6 @@ class BailianWanBackend:
                     headers=self._auth(),
                     classify=classify_error,
                 )
-                interval = min(self._poll_max_s, interval * POLL_BACKOFF)
         except BaseException as error:
             # Timeout, cancellation or a poll that kept failing. A poll request
             # cut off by the deadline raises the transport's own timeout, so the
