@@ -1,5 +1,6 @@
-"""What every backend test shares: a running sandbox, a quick retry policy and
-a fixture that opens (and closes) a backend."""
+"""What every backend test shares: a quick retry policy and a fixture that
+opens (and closes) a backend on the session's sandbox (the root conftest's
+`sandbox`)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,6 @@ from server.sandbox.server import SandboxServer
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 
 B = TypeVar("B", bound=ImageBackend)
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    """Every emulator, on 127.0.0.1 port 0."""
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
 
 
 def backend_fixture(build: Callable[[SandboxServer], B]) -> Any:

@@ -1,7 +1,8 @@
 """Fixtures for the REST sidecar: a sidecar in front of a scripted fake gRPC
 service (`fake`), and one in front of the real service and sandbox (`stack`).
 
-Both run every server on 127.0.0.1 port 0 inside the test's event loop.
+Both run every server on 127.0.0.1 port 0 on the session's event loop; the
+real one uses the session's sandbox (the root conftest's `sandbox`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from google.protobuf import message as protobuf_message
 
 from server.asgi import AsgiServer
 from server.rest import create_app, open_channel
+from server.sandbox.server import SandboxServer
 from server.settings import Settings
 
 # Not a real PNG: the sidecar never decodes images, it only relays bytes.
@@ -214,7 +216,7 @@ async def sidecar_for(target: str, settings: Settings) -> AsyncIterator[AsgiServ
 @dataclass
 class RealStack:
     sidecar: AsgiServer
-    sandbox: Any  # server.sandbox.server.SandboxServer
+    sandbox: SandboxServer
     settings: Settings
     # The real gRPC service's host:port.
     grpc_target: str
@@ -225,14 +227,11 @@ class RealStack:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[RealStack]:
+async def stack(sandbox: SandboxServer, tmp_path: Path) -> AsyncIterator[RealStack]:
     """The sidecar in front of the real gRPC service, whose backends talk to
-    the sandbox emulators; images go to a local directory."""
+    the session's sandbox emulators; images go to a local directory."""
     from server.app import create_grpc_service
-    from server.sandbox.server import SandboxServer
 
-    sandbox = SandboxServer("127.0.0.1", 0)
-    await sandbox.start()
     settings = Settings(
         **sandbox.settings_overrides(),
         grpc_host="127.0.0.1",
@@ -254,4 +253,3 @@ async def stack(tmp_path: Path) -> AsyncIterator[RealStack]:
             yield RealStack(sidecar, sandbox, settings, f"127.0.0.1:{port}")
     finally:
         await service.stop(0)
-        await sandbox.stop()

@@ -1,4 +1,5 @@
-"""A real gRPC service on port 0, its sandbox emulators and its media server."""
+"""A real gRPC service on port 0, its media server and the session's sandbox
+emulators (the root conftest's `sandbox`)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,6 @@ from google.rpc import error_details_pb2, status_pb2
 
 from server.sandbox.server import SandboxServer
 from tests.rpc.stacks import Stack, running_stack
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as running:
-        yield running
 
 
 @pytest.fixture

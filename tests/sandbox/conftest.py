@@ -1,4 +1,5 @@
-"""What the emulator tests share: the running sandbox and a plain HTTP client."""
+"""What the emulator tests share: a plain HTTP client on the session's
+sandbox (the `sandbox` fixture is the root conftest's)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,6 @@ import httpx
 import pytest
 
 from server.sandbox.server import SandboxServer
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    """Every emulator, on 127.0.0.1 port 0."""
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
 
 
 @pytest.fixture

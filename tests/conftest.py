@@ -1,0 +1,74 @@
+"""What every test shares: a hermetic environment, no network beyond this
+machine, and one sandbox for the whole session.
+
+Environment. When this file is imported, before collection (test modules
+build boto3 sessions at import), every `IMAGE_SERVICE_*`, `AWS_*` and
+`GOOGLE_*` variable and every proxy variable is removed, and the AWS and
+gcloud SDKs are pointed at config files that do not exist, so a developer
+whose shell holds real settings or whose home holds real credentials gets
+the results CI gets (`tests/support/environment.py`). Subprocesses started
+by tests inherit this environment (`os.environ` itself is scrubbed). Each
+test starts from the scrubbed environment again (`hermetic_environment`).
+
+Network. pytest-socket, configured in pyproject (`--allow-hosts`), refuses
+any `connect()` from Python to an address outside loopback while a test runs
+(asyncio, httpx, aiohttp and botocore all connect through
+`socket.socket.connect`). Its limits: gRPC's C core opens its own sockets, and
+a subprocess is another interpreter; both are kept local by the settings the
+tests give them (every backend points at the sandbox, and nothing falls back
+to a cloud default because the environment above holds no endpoint).
+
+Sandbox. One `SandboxServer` (every emulator, on 127.0.0.1 port 0) serves
+the whole session; the `sandbox` fixture hands it to a test and puts every
+emulator back as it found it afterwards (`tests/support/sandbox.py`). Tests
+that start, stop or break a sandbox build their own.
+
+Every async test and fixture runs on one session-wide event loop
+(pyproject's `asyncio_default_*_loop_scope`): the sandbox's server tasks live
+on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from server.sandbox.server import SandboxServer
+from tests.support.environment import make_hermetic
+from tests.support.sandbox import SandboxBaseline
+
+# At import, before collection imports any test module (or an SDK reads its
+# variables once at import, as google-auth does with NO_GCE_CHECK).
+_session_patch = pytest.MonkeyPatch()
+make_hermetic(_session_patch)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _session_patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The scrubbed environment, again for each test (a library or an earlier
+    test may have written `os.environ`); a test's own `monkeypatch` changes
+    are undone after it as usual."""
+    make_hermetic(monkeypatch)
+    yield
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def session_sandbox() -> AsyncIterator[tuple[SandboxServer, SandboxBaseline]]:
+    async with SandboxServer("127.0.0.1", 0) as server:
+        yield server, SandboxBaseline(server)
+
+
+@pytest_asyncio.fixture
+async def sandbox(
+    session_sandbox: tuple[SandboxServer, SandboxBaseline],
+) -> AsyncIterator[SandboxServer]:
+    """Every emulator, on 127.0.0.1 (shared by the session; reset after the test)."""
+    server, baseline = session_sandbox
+    yield server
+    await baseline.restore()
