@@ -17,6 +17,7 @@ from server.domain.ports import BlobStore
 from server.domain.retry import RetryPolicy
 from server.domain.telemetry import NO_TELEMETRY, ObservedBackend, ObservedStore, Telemetry
 from server.observability.metrics import ServiceMetrics, metrics_app
+from server.observability.tracing import grpc_server_interceptors
 from server.providers.registry import build_backends, check_catalogue
 from server.rpc.observing import ObservingInterceptor
 from server.rpc.server import GrpcServer
@@ -133,7 +134,11 @@ async def create_grpc_service(
         default_deadline_s=settings.default_deadline_s,
         record_store=ObservedStore(record_store, telemetry) if record_store else None,
     )
-    server = GrpcServer.build(settings, orchestrator, interceptors=[ObservingInterceptor(metrics)])
+    server = GrpcServer.build(
+        settings,
+        orchestrator,
+        interceptors=[*grpc_server_interceptors(), ObservingInterceptor(metrics)],
+    )
     metrics_server = None
     if metrics is not None:
         metrics_server = AsgiServer(

@@ -43,6 +43,7 @@ async def run_rest(args: argparse.Namespace) -> int:
     """Serve the sidecar until SIGTERM/SIGINT; returns the exit code."""
     from server.asgi import AsgiServer
     from server.observability.logs import configure_logging
+    from server.observability.tracing import setup_tracing, shutdown_tracing
     from server.rest import create_app, open_channel
     from server.rest.drain import Drain
     from server.settings import Settings
@@ -58,6 +59,7 @@ async def run_rest(args: argparse.Namespace) -> int:
             overrides[field] = value
     settings = Settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
+    setup_tracing("image-service-rest")  # if OTEL_* asks for it; before the channel
     channel = open_channel(settings)
     drain = Drain()
     server = AsgiServer(
@@ -77,6 +79,7 @@ async def run_rest(args: argparse.Namespace) -> int:
     finally:
         await server.stop()
         await channel.close(None)
+        shutdown_tracing()
     return 0
 
 

@@ -42,10 +42,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dev.set_defaults(func=_dev)
 
 
-def _configure_logging(level: str, fmt: str = "text") -> None:
+def _configure_logging(level: str, fmt: str = "text", *, traced_as: str = "") -> None:
+    """Logging for the process; and tracing as `traced_as`, if `OTEL_*` asks for it."""
     from server.observability.logs import configure_logging
+    from server.observability.tracing import setup_tracing
 
     configure_logging(level, "json" if fmt == "json" else "text")
+    if traced_as:
+        setup_tracing(traced_as)
 
 
 async def _until_signalled(stop: Callable[[], Awaitable[None]]) -> int:
@@ -59,7 +63,12 @@ async def _until_signalled(stop: Callable[[], Awaitable[None]]) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    await stop()
+    from server.observability.tracing import shutdown_tracing
+
+    try:
+        await stop()
+    finally:
+        shutdown_tracing()  # flush the spans of the last requests
     return 0
 
 
@@ -74,7 +83,7 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["grpc_port"] = args.port
     settings = Settings(**overrides)
-    _configure_logging(settings.log_level, settings.log_format)
+    _configure_logging(settings.log_level, settings.log_format, traced_as="image-service")
     service = await create_grpc_service(settings)
     await service.start()
     print(
@@ -110,7 +119,7 @@ async def _dev(args: argparse.Namespace) -> int:
     from server.storage.media_http import media_mount
 
     base = Settings()
-    _configure_logging(base.log_level, base.log_format)
+    _configure_logging(base.log_level, base.log_format, traced_as="image-service")
     sandbox = SandboxServer("127.0.0.1", args.sandbox_port)
     await sandbox.start()
     http_app = Starlette(routes=[media_mount(base.local_storage_dir)])

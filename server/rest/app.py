@@ -32,6 +32,7 @@ from starlette.types import ASGIApp
 
 from server.observability.metrics import RestMetrics
 from server.observability.request_context import REQUEST_ID_HEADER
+from server.observability.tracing import asgi_traced
 from server.rest import forms
 from server.rest.drain import Drain, DrainMiddleware
 from server.rest.errors import (
@@ -299,4 +300,4 @@ def create_app(
         exception_handlers={404: _http_error, 405: _http_error},
         middleware=[Middleware(ObservingMiddleware, metrics=metrics)],
     )
-    return app if drain is None else DrainMiddleware(app, drain)
+    return asgi_traced(app if drain is None else DrainMiddleware(app, drain))

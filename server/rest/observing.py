@@ -30,6 +30,7 @@ from server.observability import request_context
 from server.observability.access import log_access
 from server.observability.metrics import CONTENT_TYPE_LATEST, RestMetrics, exposition
 from server.observability.request_context import RequestContext, request_id_or_new
+from server.observability.tracing import asgi_traced
 
 METRICS_PATH = "/metrics"
 _UNLOGGED_PATHS = frozenset({METRICS_PATH, "/healthz", "/readyz"})
@@ -50,7 +51,7 @@ def observe(app: Starlette, *, metrics: bool) -> ASGIApp:
     rest_metrics = RestMetrics() if metrics else None
     if rest_metrics is not None:
         app.router.routes.append(metrics_route(rest_metrics))
-    return ObservingMiddleware(app, rest_metrics)
+    return asgi_traced(ObservingMiddleware(app, rest_metrics))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

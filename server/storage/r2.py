@@ -29,6 +29,7 @@ returns a presigned GET instead, valid for `presign_ttl_s` seconds only.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -209,7 +210,9 @@ class R2Store:
             raise StorageUnavailable("The R2 store is shut down.", metadata={"key": key})
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn)
+            # The caller's context goes along, so the botocore span (when
+            # tracing) is a child of the request's.
+            return await loop.run_in_executor(self._executor, contextvars.copy_context().run, fn)
         except (ClientError, BotoCoreError) as error:
             mapped = _map_error(operation, key, error)
         # Raised outside the except block so the botocore exception is not

@@ -18,14 +18,13 @@ import pathlib
 import uuid
 from collections.abc import Iterator
 
-import boto3
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
 from server.observability.logs import HELD_DOWN, configure_logging
 from server.sandbox.faults import FaultMode
 from server.sandbox.server import SandboxServer
+from tests.observability.s3 import s3_server
 from tests.observability.scrape import two_processes
 from tests.support.images import png
 
@@ -46,21 +45,8 @@ GENERATIONS = [
 
 @pytest.fixture
 def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        boto3.session.Session().client(
-            "s3",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="admin",
-            aws_secret_access_key="admin",
-        ).create_bucket(Bucket="canary")
+    with s3_server("canary") as url:
         yield url
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import TYPE_CHECKING
 
 import boto3
@@ -111,7 +112,10 @@ class BedrockStabilityBackend:
         loop = asyncio.get_running_loop()
         detail = ""
         try:
-            return await loop.run_in_executor(self._executor, self._invoke, model_id, body)
+            # The caller's context goes along (the trace, the retry scope).
+            return await loop.run_in_executor(
+                self._executor, contextvars.copy_context().run, self._invoke, model_id, body
+            )
         except ClientError as error:
             mapped = error_for_client_error(error)
             detail = str(error.response.get("Error", {}).get("Message", ""))
