@@ -178,7 +178,10 @@ def test_pod_runs_the_server_and_the_rest_sidecar(docs: list[Manifest]) -> None:
     assert server["command"] == rest["command"] == ["image-service"]
     assert server["args"] == ["serve"]
     assert rest["args"] == ["rest", "--upstream", "127.0.0.1:50051", "--port", "8080"]
-    assert server["ports"] == [{"name": "grpc", "containerPort": 50051, "protocol": "TCP"}]
+    assert server["ports"] == [
+        {"name": "grpc", "containerPort": 50051, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9464, "protocol": "TCP"},
+    ]
     assert rest["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
 
 
@@ -315,7 +318,8 @@ def test_configmap_has_settings_and_no_credentials(docs: list[Manifest]) -> None
     assert int(data["IMAGE_SERVICE_REST_MAX_UPLOAD_BYTES"]) < int(
         data["IMAGE_SERVICE_MAX_MESSAGE_BYTES"]
     )
-    assert all(key.startswith("IMAGE_SERVICE_") for key in data)
+    # Settings, and the standard OpenTelemetry variables when tracing is on.
+    assert all(key.startswith(("IMAGE_SERVICE_", "OTEL_")) for key in data)
     assert [key for key in data if CREDENTIAL_NAME.search(key)] == []
 
 

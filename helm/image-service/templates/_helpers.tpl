@@ -90,6 +90,9 @@ the two never collide and the ConfigMap never holds a secret.
   "IMAGE_SERVICE_DEFAULT_DEADLINE_S" $s.defaultDeadlineSeconds
   "IMAGE_SERVICE_REFLECTION" $s.reflection
   "IMAGE_SERVICE_LOG_LEVEL" .Values.logLevel
+  "IMAGE_SERVICE_LOG_FORMAT" .Values.logFormat
+  "IMAGE_SERVICE_METRICS" .Values.metrics.enabled
+  "IMAGE_SERVICE_METRICS_PORT" .Values.metrics.port
   "IMAGE_SERVICE_STORAGE" .Values.storage.type
   "IMAGE_SERVICE_REST_MAX_UPLOAD_BYTES" .Values.rest.maxUploadBytes
   "IMAGE_SERVICE_REST_UPSTREAM_TIMEOUT_S" .Values.rest.upstreamTimeoutSeconds
@@ -109,6 +112,11 @@ the two never collide and the ConfigMap never holds a secret.
 {{- with $r2.recordsBucket }}
 {{- $_ := set $data "IMAGE_SERVICE_R2_RECORDS_BUCKET" . }}
 {{- end }}
+{{- end }}
+{{- with .Values.tracing.otlpEndpoint }}
+{{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" . }}
+{{- $_ := set $data "OTEL_TRACES_SAMPLER" "parentbased_traceidratio" }}
+{{- $_ := set $data "OTEL_TRACES_SAMPLER_ARG" $.Values.tracing.sampleRatio }}
 {{- end }}
 {{- range $key, $value := .Values.config }}
 {{- $_ := set $data (printf "IMAGE_SERVICE_%s" $key) $value }}
@@ -150,6 +158,9 @@ Checks that the schema cannot express because they span sections.
 {{- end }}
 {{- if ge (int64 .Values.rest.maxUploadBytes) (int64 .Values.server.maxMessageBytes) }}
 {{- fail (printf "rest.maxUploadBytes (%d) must be smaller than server.maxMessageBytes (%d): an edit upload travels in one gRPC message" (int64 .Values.rest.maxUploadBytes) (int64 .Values.server.maxMessageBytes)) }}
+{{- end }}
+{{- if and .Values.metrics.enabled (has (int .Values.metrics.port) (list (int .Values.server.port) (int .Values.rest.port))) }}
+{{- fail "metrics.port must differ from server.port and rest.port: the containers share the pod's network namespace" }}
 {{- end }}
 {{- if and .Values.rest.enabled (eq (int .Values.rest.port) (int .Values.server.port)) }}
 {{- fail "rest.port and server.port must differ: both containers share the pod's network namespace" }}
