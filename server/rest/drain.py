@@ -23,6 +23,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.inflight import InFlightCounter
 from server.rest.errors import SERVER, SHUTTING_DOWN, RestError
 
 # Health probes are not work to wait for.
@@ -50,13 +51,11 @@ class Drain:
     def __init__(self) -> None:
         self.draining = False
         self._expired = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._in_flight = 0
+        self.requests = InFlightCounter()
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self.requests.count
 
     @property
     def expired(self) -> bool:
@@ -76,20 +75,7 @@ class Drain:
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no request is in flight: True, or False after `timeout_s`."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
-
-    def _started(self) -> None:
-        self._in_flight += 1
-        self._idle.clear()
-
-    def _finished(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
+        return await self.requests.wait_idle(timeout_s)
 
 
 class DrainMiddleware:
@@ -103,8 +89,5 @@ class DrainMiddleware:
         if scope["type"] != "http" or scope.get("path") in _PROBES:
             await self._app(scope, receive, send)
             return
-        self._drain._started()
-        try:
+        async with self._drain.requests.counted():
             await self._app(scope, receive, send)
-        finally:
-            self._drain._finished()

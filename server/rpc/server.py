@@ -7,18 +7,21 @@ hands it the orchestrator and owns everything else.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 from chuizi.image.v1 import image_service_pb2 as pb
 from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.domain.orchestrator import Orchestrator
 from server.netloc import host_port
+from server.rpc.draining import DrainingHealth, InFlight
 from server.rpc.servicer import ImageServicer
+from server.rpc.undecodable import RejectUndecodable
 from server.settings import Settings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
@@ -55,10 +58,16 @@ class GrpcServer:
     """A bound (not yet started) gRPC server with the image service, health
     and, if `settings.reflection`, reflection."""
 
-    def __init__(self, server: grpc.aio.Server, health_servicer: Any, port: int) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        health_servicer: DrainingHealth,
+        port: int,
+        in_flight: InFlight,
+    ) -> None:
         self._server = server
-        # grpc_health's asyncio servicer ships without type information.
         self._health = health_servicer
+        self._in_flight = in_flight
         self.port = port
 
     @classmethod
@@ -75,10 +84,17 @@ class GrpcServer:
         including when another server holds the port (`grpc.so_reuseport`
         is off).
         """
-        server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
+        in_flight = InFlight()
+        server = grpc.aio.server(
+            # The drain counts every call, whatever the others do with it;
+            # undecodable bodies are refused innermost, so the others (access
+            # log, metrics) see that INVALID_ARGUMENT like any other status.
+            interceptors=[in_flight, *interceptors, RejectUndecodable()],
+            options=server_options(settings),
+        )
         # The generated *_pb2_grpc module carries no annotations.
         pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(orchestrator), server)  # type: ignore[no-untyped-call]
-        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_servicer = DrainingHealth()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         if settings.reflection:
             names = [SERVICE_NAME, _HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]
@@ -86,7 +102,7 @@ class GrpcServer:
         # "[::]" is dual-stack; grpc falls back to IPv4 alone where the kernel
         # has no IPv6.
         port = server.add_insecure_port(host_port(settings.grpc_host, settings.grpc_port))
-        return cls(server, health_servicer, port)
+        return cls(server, health_servicer, port, in_flight)
 
     async def start(self) -> None:
         """Accept calls and report SERVING (overall and for the image service)."""
@@ -95,10 +111,13 @@ class GrpcServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def drain(self, grace: float) -> None:
-        """Report NOT_SERVING first (readiness flips), then let in-flight
-        calls finish for up to `grace` seconds and stop."""
+        """Report NOT_SERVING first (readiness flips; Watch streams end), let
+        in-flight calls finish for up to `grace` seconds while Health/Check
+        still answers, then stop (server/rpc/draining.py)."""
+        ends = time.monotonic() + grace
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        await self._in_flight.calls.wait_idle(grace)
+        await self._server.stop(max(0.0, ends - time.monotonic()))
 
     async def wait(self) -> None:
         """Block until the server has stopped."""
