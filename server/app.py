@@ -133,6 +133,7 @@ async def create_grpc_service(
         ),
         default_deadline_s=settings.default_deadline_s,
         record_store=ObservedStore(record_store, telemetry) if record_store else None,
+        telemetry=telemetry,
     )
     server = GrpcServer.build(
         settings,

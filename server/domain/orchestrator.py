@@ -46,6 +46,7 @@ from server.domain.records import (
 )
 from server.domain.requests import AnyRequest, ResponseFormat
 from server.domain.retry import RetryPolicy
+from server.domain.telemetry import NO_TELEMETRY, Telemetry
 from server.domain.validation import ValidRequest, check_model_name, validate_off_loop
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,10 @@ class Orchestrator:
         storage_retry: RetryPolicy,
         default_deadline_s: float,
         record_store: BlobStore | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._catalogue = catalogue
+        self._telemetry = telemetry
         self._backends = backends
         self._store = store
         self._storage_retry = storage_retry
@@ -204,6 +207,13 @@ class Orchestrator:
             served_by=valid.spec.name,
             upstream_model=valid.spec.upstream_model,
             warnings=resolution.warnings + seed_warnings(valid.spec, request.seed),
+        )
+        self._telemetry.generation_delivered(
+            valid.spec.name,
+            valid.spec.backend,
+            images=len(images),
+            inline_fallbacks=sum(1 for image in images if not image.stored),
+            cost=record.cost,
         )
         try:
             await self._records.save(record, generation.storage_deadline)

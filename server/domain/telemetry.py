@@ -11,6 +11,7 @@ never prompts, keys or free text.
 upstream call and opens a `scope` (a context variable, so it reaches the
 retry loop and the limiter inside the call without threading arguments
 through them); `report_retry` and `report_limiter_*` report against it.
+The orchestrator reports each new generation's images and cost.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Protocol
 
 from server.domain.deadline import Deadline
@@ -48,6 +50,12 @@ class Telemetry(Protocol):
     def storage_put(self, outcome: str, seconds: float) -> None:
         """One write to the blob store ended; `outcome` is OK or an error reason."""
 
+    def generation_delivered(
+        self, model: str, backend: str, *, images: int, inline_fallbacks: int, cost: Decimal | None
+    ) -> None:
+        """A new generation (not a replay) delivered `images`, `inline_fallbacks` of
+        them inline because storing failed, for `cost` USD (None: price unknown)."""
+
 
 class NoTelemetry:
     """The default observer: does nothing."""
@@ -65,6 +73,11 @@ class NoTelemetry:
         pass
 
     def storage_put(self, outcome: str, seconds: float) -> None:
+        pass
+
+    def generation_delivered(
+        self, model: str, backend: str, *, images: int, inline_fallbacks: int, cost: Decimal | None
+    ) -> None:
         pass
 
 

@@ -217,13 +217,10 @@ class ServiceMetrics:
         if outcome != "OK":
             self.storage_put_failures.labels(outcome).inc()
 
-    # --- generations (reported by the rpc layer) -------------------------------
-
     def generation_delivered(
-        self, model: str, *, images: int, inline_fallbacks: int, cost: Decimal
+        self, model: str, backend: str, *, images: int, inline_fallbacks: int, cost: Decimal | None
     ) -> None:
-        """Count a finished generation's images, fallbacks and cost."""
-        labels = (self.model(model), self.backend_of(model))
+        labels = (self.model(model), backend)
         if images:
             self.images.labels(*labels).inc(images)
         if inline_fallbacks:

@@ -128,15 +128,9 @@ class _Call:
         self.request.model = generation.model or self.request.model
         if not self.generating:
             return  # GetGeneration: delivered and paid for earlier
+        # Images and cost are counted by the domain (a replay costs nothing).
         self.request.images = len(generation.images)
         self.request.cost = _cost(generation.cost)
-        if self.metrics is not None:
-            self.metrics.generation_delivered(
-                generation.model,
-                images=len(generation.images),
-                inline_fallbacks=sum(1 for image in generation.images if not image.stored),
-                cost=self.request.cost or Decimal(0),
-            )
 
     def end(self, error: BaseException | None) -> None:
         seconds = time.monotonic() - self.started

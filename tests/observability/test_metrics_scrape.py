@@ -17,6 +17,7 @@ from chuizi.image.v1 import image_service_pb2 as pb
 
 from server.sandbox.faults import FaultMode
 from server.sandbox.server import SandboxServer
+from tests.observability.s3 import s3_server
 from tests.observability.scrape import TwoProcesses, delta, scrape, two_processes, value
 
 KONTEXT = "azure/flux-kontext-pro"
@@ -257,3 +258,46 @@ async def test_metrics_can_be_turned_off(sandbox: SandboxServer, tmp_path: pathl
             assert (await client.get("/metrics")).status_code == 404
             response = await client.get("/v1/models")
         assert response.status_code == 200
+
+
+async def test_a_replay_costs_nothing_and_storage_failures_are_counted(
+    sandbox: SandboxServer, tmp_path: pathlib.Path
+) -> None:
+    # R2 whose image bucket does not exist: every image write fails and the
+    # images come back inline; records go to a bucket that does exist.
+    with s3_server("records") as s3_url:
+        async with two_processes(
+            sandbox,
+            tmp_path,
+            storage="r2",
+            r2_endpoint_url=s3_url,
+            r2_bucket="no-such-bucket",
+            r2_records_bucket="records",
+            r2_access_key_id="AKIDMETRICSTEST00001",
+            r2_secret_access_key="metrics-test-secret",
+            r2_public_base_url="https://img.metrics.test",
+        ) as both:
+            before = await scrape(both.service_metrics_url)
+            request = pb.GenerateRequest(model=KONTEXT, prompt=PROMPT, n=2, request_id="replay-1")
+            first = await both.stack.stub.Generate(request, timeout=30)
+            assert [image.stored for image in first.images] == [False, False]
+            middle = await scrape(both.service_metrics_url)
+            replayed = await both.stack.stub.Generate(request, timeout=30)
+            assert replayed.generation_id == first.generation_id
+            after = await scrape(both.service_metrics_url)
+
+    labels = {"model": KONTEXT, "backend": "azure_flux"}
+    assert delta(before, middle, "image_service_images_total", **labels) == 2
+    assert delta(before, middle, "image_service_storage_inline_fallbacks_total", **labels) == 2
+    assert delta(before, middle, "image_service_cost_usd_total", **labels) == pytest.approx(0.10)
+    failed_writes = delta(
+        before, middle, "image_service_storage_put_failures_total", reason="STORAGE_REJECTED"
+    )
+    assert failed_writes == 2  # a missing bucket is not retried
+    assert failed_writes == delta(
+        before, middle, "image_service_storage_put_duration_seconds_count"
+    ) - delta(before, middle, "image_service_storage_put_duration_seconds_count", outcome="OK")
+    # The replay delivers the same images again but nothing new was made or paid for.
+    for name in ("image_service_images_total", "image_service_cost_usd_total"):
+        assert delta(middle, after, name, **labels) == 0
+    assert delta(middle, after, "rpc_server_duration_seconds_count", rpc_method="Generate") == 1
