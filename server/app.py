@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from server.asgi import AsgiServer
 from server.domain.backends import Backends
-from server.domain.catalogue import Catalogue
+from server.domain.catalogue import Catalogue, parse_policies
 from server.domain.orchestrator import Orchestrator
 from server.domain.ports import BlobStore
 from server.domain.retry import RetryPolicy
@@ -110,7 +110,7 @@ async def create_grpc_service(
     catalogue: Catalogue | None = None,
 ) -> GrpcService:
     """Build (but do not start) the service from `settings`."""
-    catalogue = catalogue or Catalogue.load()
+    catalogue = catalogue or Catalogue.load(policies=parse_policies(settings.retired_models))
     check_catalogue(catalogue)  # a bad catalogue `options` value fails start-up
     metrics = ServiceMetrics({m.name: m.backend for m in catalogue}) if settings.metrics else None
     telemetry: Telemetry = metrics or NO_TELEMETRY

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     upstream_backoff_base_s: float = 0.5
     upstream_backoff_max_s: float = 20.0
 
+    # --- model lifecycle -----------------------------------------------------
+    # What calls naming a retired model do on this deployment, overriding the
+    # catalogue: "google/imagen-4.0=pin,azure/mai-image-2=refuse" (route |
+    # pin | refuse; see docs/models-lifecycle.md). Checked at start-up.
+    retired_models: str = ""
+
     def check_r2(self) -> None:
         """Raise ValueError naming each R2 variable that storage = "r2" still needs.
 

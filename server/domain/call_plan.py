@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from server.domain.catalogue import ModelSpec, SeedSupport
 from server.domain.errors import ContentRejected, ImageServiceError
 from server.domain.ports import UpstreamCall
+from server.domain.pricing import TokenUsage
 from server.domain.records import ImageFailure
 from server.domain.validation import ValidRequest
 
@@ -79,6 +80,9 @@ class CallOutcome:
     missing: int = 0
     filtered: int = 0
     error: ImageServiceError | None = None
+    # Whether the call produced images, and the tokens it reported using.
+    produced: bool = False
+    usage: TokenUsage | None = None
 
 
 def failures(outcomes: list[CallOutcome]) -> tuple[ImageFailure, ...]:

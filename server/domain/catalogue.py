@@ -20,12 +20,13 @@ import datetime
 import enum
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from importlib import resources
 from typing import Any
 
 from server.domain.errors import ModelNotFound, ModelRetired
+from server.domain.pricing import TokenPrices
 from server.domain.requests import Operation, Size
 
 MAX_IMAGES_PER_REQUEST = 4
@@ -81,6 +82,12 @@ class ModelSpec:
     # Whether the upstream takes a seed and whether the domain invents one
     # when the caller gave none (so fan-out calls differ).
     seed: SeedSupport = SeedSupport.FORWARDED
+    # For models billed by token: the cost comes from the usage each answer
+    # reports, at these prices (`price_per_image` is then only indicative).
+    token_prices: TokenPrices | None = None
+    # Options a routed call gives its successor (for example Gemini's
+    # thinking level that stands in for an Imagen tier).
+    successor_options: Mapping[str, str] = field(default_factory=dict)
 
     def offers(self, operation: Operation) -> bool:
         return operation in self.operations
@@ -133,6 +140,8 @@ def _parse_entry(raw: Mapping[str, Any]) -> ModelSpec:
         successor=raw.get("successor", ""),
         on_retired=RetiredPolicy(raw.get("on_retired", "route")),
         seed=SeedSupport(raw.get("seed", "forwarded")),
+        token_prices=TokenPrices.parse(raw["token_prices"]) if "token_prices" in raw else None,
+        successor_options={str(k): str(v) for k, v in raw.get("successor_options", {}).items()},
     )
 
 
@@ -256,6 +265,10 @@ class Catalogue:
                 ),
             )
         successor = self._models[requested.successor]
+        if requested.successor_options:
+            successor = replace(
+                successor, options={**successor.options, **requested.successor_options}
+            )
         return Resolution(
             requested,
             successor,

@@ -38,6 +38,7 @@ from server.domain.generation_ids import check_generation_id
 from server.domain.idempotency import RequestLocks, fingerprint
 from server.domain.imaging import EXTENSION_BY_MIME, inspect
 from server.domain.ports import BlobStore, ImageBackend, ProducedImage
+from server.domain.pricing import generation_cost
 from server.domain.records import (
     DeliveredImage,
     GenerationRecord,
@@ -188,7 +189,12 @@ class Orchestrator:
             await asyncio.gather(*tasks, return_exceptions=True)
         if not images:
             raise most_telling_error(outcomes)
-        price = valid.spec.price_per_image
+        cost = generation_cost(
+            valid.spec.price_per_image,
+            valid.spec.token_prices,
+            len(images),
+            (o.usage for o in outcomes if o.produced),
+        )
         record = GenerationRecord(
             generation_id=generation.id,
             model=resolution.requested.name,
@@ -198,7 +204,7 @@ class Orchestrator:
             n=valid.n,
             created=int(time.time()),
             images=tuple(image.without_data() for image in sorted(images, key=lambda i: i.index)),
-            cost=None if price is None else price * len(images),
+            cost=cost,
             latency_ms=generation.latency_ms(),
             request_id=request.request_id,
             filtered_count=sum(o.filtered for o in outcomes),
@@ -234,6 +240,8 @@ class Orchestrator:
             produced = result.images[: call.count]
             outcome.missing = call.count - len(produced)
             outcome.filtered = min(result.filtered, outcome.missing)
+            outcome.produced = bool(produced)
+            outcome.usage = result.usage
 
             async def store_and_send(index: int, image: ProducedImage) -> None:
                 delivered = await self._store_image(generation, index, image)

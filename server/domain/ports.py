@@ -12,6 +12,7 @@ from typing import Protocol
 
 from server.domain.catalogue import ModelSpec
 from server.domain.deadline import Deadline
+from server.domain.pricing import TokenUsage
 from server.domain.requests import Operation, Size
 
 
@@ -61,6 +62,8 @@ class UpstreamResult:
 
     images: tuple[ProducedImage, ...]
     filtered: int = 0
+    # The tokens the call used, for upstreams that bill by token and say so.
+    usage: TokenUsage | None = None
 
 
 class ImageBackend(Protocol):

@@ -140,3 +140,9 @@ def check_catalogue(catalogue: Catalogue) -> None:
     for model in catalogue:
         if model.backend in PLUGINS:
             load_plugin(model.backend).parse_options(model.name, model.options)
+        routed = catalogue.routes_to(model)
+        if routed is not None and routed.backend in PLUGINS and model.successor_options:
+            # What a routed call sends: the successor's options with this row's on top.
+            load_plugin(routed.backend).parse_options(
+                model.name, {**routed.options, **model.successor_options}
+            )

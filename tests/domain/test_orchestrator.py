@@ -17,7 +17,7 @@ import pytest
 from server.domain import orchestrator as orchestrator_module
 from server.domain import validation
 from server.domain.backends import Backends
-from server.domain.catalogue import Catalogue
+from server.domain.catalogue import Catalogue, RetiredPolicy
 from server.domain.deadline import Deadline
 from server.domain.errors import (
     BackendNotConfigured,
@@ -35,7 +35,9 @@ from tests.support.images import alpha_mask, png
 
 T = TypeVar("T")
 
-CATALOGUE = Catalogue.load()
+# Imagen is pinned so that it still batches 4 images per call (its default
+# is routing to a Gemini successor that makes 1).
+CATALOGUE = Catalogue.load(policies={"google/imagen-4.0": RetiredPolicy.PIN})
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.002)
 
 

@@ -61,7 +61,8 @@ async def test_a_seed_near_the_top_of_the_range_wraps_instead_of_overflowing() -
 async def test_no_seed_is_invented_where_the_upstream_would_change_behaviour() -> None:
     # Imagen turns its watermark off when given a seed: only the caller's is sent.
     backend = ScriptedBackend()
-    record = await run(backend, model="google/imagen-4.0", n=4)
+    catalogue = Catalogue.load(policies={"google/imagen-4.0": RetiredPolicy.PIN})
+    record = await run(backend, catalogue, model="google/imagen-4.0", n=4)
     assert [call.seed for call in backend.calls] == [None]
     assert all(image.seed is None for image in record.images)
 

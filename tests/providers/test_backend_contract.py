@@ -138,6 +138,12 @@ class Harness:
     abandoned: tuple[int, int] = (1, 0)
     # Whether errors keep the client library's exception as their cause.
     keeps_cause: bool = False
+    # The test id, when one backend has two rows (two upstream APIs).
+    label: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.label or self.name
 
     @property
     def call(self) -> UpstreamCall:
@@ -264,19 +270,44 @@ HARNESSES = (
         },
         keeps_cause=True,
     ),
+    # The same backend and emulator, Gemini's GenerateContent instead of Predict.
+    Harness(
+        name="vertex_imagen",
+        label="vertex_gemini",
+        model="google/gemini-3.1-flash-image",
+        build=backends.vertex_imagen,
+        refused=refused_vertex,
+        auth=Expect(
+            {"upstream_code": "CREDENTIALS_MISSING", "upstream_status": "UNAUTHENTICATED"},
+            says=("IMAGE_SERVICE_VERTEX_CREDENTIALS_FILE",),
+        ),
+        bad_request=code(None, "INVALID_ARGUMENT"),
+        rate_limited=code("RATE_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"),
+        server_errors={
+            "": code(None, "INTERNAL"),
+            vertex_imagen.SERVER_ERROR_UNAVAILABLE: code(None, "UNAVAILABLE"),
+        },
+        # Gemini answers a block in the response: promptFeedback, or a
+        # candidate that finished for SAFETY without an image.
+        content_filters={
+            "": Expect({"support_codes": None}),
+            vertex_imagen.CONTENT_FILTER_ALL: Expect({"support_codes": None}),
+        },
+        keeps_cause=True,
+    ),
 )
 
 
 def variants(attribute: str) -> list[Any]:
     """(harness, variant) for each variant a harness lists under `attribute`."""
     return [
-        pytest.param(harness, variant, id=f"{harness.name}-{variant or 'default'}")
+        pytest.param(harness, variant, id=f"{harness.id}-{variant or 'default'}")
         for harness in HARNESSES
         for variant in getattr(harness, attribute)
     ]
 
 
-@pytest.fixture(params=HARNESSES, ids=lambda harness: harness.name)
+@pytest.fixture(params=HARNESSES, ids=lambda harness: harness.id)
 def harness(request: pytest.FixtureRequest) -> Harness:
     result: Harness = request.param
     return result

@@ -6,11 +6,13 @@ from __future__ import annotations
 import pathlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 
 import grpc
 import pytest
 from chuizi.image.v1 import image_service_pb2 as pb
 from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
+from google.cloud.aiplatform_v1.types import content as content_types
 
 from server.app import create_grpc_service
 from server.domain.catalogue import Catalogue, RetiredPolicy
@@ -61,14 +63,31 @@ async def test_list_models_shows_status_date_successor_and_routing(stack: Stack)
     assert models["azure/mai-image-2.6"].price_per_image == ""
 
 
-async def test_a_pinned_model_records_its_own_upstream_id_and_warns(stack: Stack) -> None:
+async def test_the_seed_imagen_call_is_served_by_gemini_and_says_so(stack: Stack) -> None:
+    """The seed's example (imagen-4.0-fast, n=4) runs on its Gemini successor."""
     generation = await stack.stub.Generate(
         pb.GenerateRequest(model="google/imagen-4.0-fast", prompt="a fox", n=4), timeout=30
     )
-    assert len(generation.images) == 4
-    assert (generation.model, generation.served_by) == ("google/imagen-4.0-fast",) * 2
-    assert generation.upstream_model == "imagen-4.0-fast-generate-001"
-    assert "retired upstream on 2026-08-17" in generation.warnings[0]
+    assert sorted(image.index for image in generation.images) == [0, 1, 2, 3]
+    assert (generation.model, generation.served_by) == (
+        "google/imagen-4.0-fast",
+        "google/gemini-3.1-flash-image",
+    )
+    assert generation.upstream_model == "gemini-3.1-flash-image"
+    assert "retired on 2026-08-17" in generation.warnings[0]
+    # Four GenerateContent calls with distinct seeds and Imagen Fast's stand-in
+    # thinking level; the cost is what the reported tokens cost.
+    calls = list(stack.sandbox.vertex_imagen.gemini_received)
+    assert len(calls) == 4
+    configs = [call.request.generation_config for call in calls]
+    assert len({config.seed for config in configs}) == 4
+    assert {config.thinking_config.thinking_level for config in configs} == {
+        content_types.GenerationConfig.ThinkingConfig.ThinkingLevel.MINIMAL
+    }
+    assert sorted(image.seed for image in generation.images) == sorted(c.seed for c in configs)
+    prompt_tokens = len("a fox") // 4 + 1
+    per_image = (Decimal(prompt_tokens) * Decimal("0.50") + 1120 * Decimal(60)) / 1_000_000
+    assert Decimal(generation.cost) == (per_image * 4).quantize(Decimal("0.00000001"))
     # The record keeps all of it.
     again = await stack.stub.GetGeneration(
         pb.GetGenerationRequest(generation_id=generation.generation_id)
@@ -98,10 +117,25 @@ async def test_a_deployment_can_refuse_a_retired_model(
 async def test_a_deployment_can_pin_a_retired_model(
     sandbox: SandboxServer, tmp_path: pathlib.Path
 ) -> None:
-    async with service_with(sandbox, tmp_path, {"azure/mai-image-2": RetiredPolicy.PIN}) as stub:
+    async with service_with(
+        sandbox,
+        tmp_path,
+        {"azure/mai-image-2": RetiredPolicy.PIN, "google/imagen-4.0": RetiredPolicy.PIN},
+    ) as stub:
+        imagen = await stub.Generate(
+            pb.GenerateRequest(model="google/imagen-4.0", prompt="x", n=2), timeout=30
+        )
         generation = await stub.Generate(
             pb.GenerateRequest(model="azure/mai-image-2", prompt="x"), timeout=30
         )
     assert generation.upstream_model == "MAI-Image-2"
     assert generation.cost == "0.03500000"
+    assert "pins the original upstream id" in generation.warnings[0]
+    # A pinned Imagen is served by Imagen's own Predict, two images in one call.
+    assert (imagen.served_by, imagen.upstream_model) == (
+        "google/imagen-4.0",
+        "imagen-4.0-generate-001",
+    )
+    assert len(imagen.images) == 2 and imagen.cost == "0.08000000"
+    assert len(sandbox.vertex_imagen.received) == 1
     assert [r.body["model"] for r in sandbox.azure_mai.received] == ["MAI-Image-2"]

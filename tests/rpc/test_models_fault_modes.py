@@ -47,8 +47,8 @@ FLUX = Model("azure/flux-kontext-pro", "azure_flux")
 MAI = Model("azure/mai-image-2", "azure_mai")
 WAN = Model("bailian/wan2.7-image", "bailian_wan", retry_after=None)
 BEDROCK = Model("bedrock/stability-stable-image-core", "bedrock_stability", retry_after=None)
-# A batch: Imagen makes both images in one request.
-IMAGEN = Model("google/imagen-4.0", "vertex_imagen", n=2)
+# The seed's Imagen name, served by its Gemini successor (GenerateContent).
+IMAGEN = Model("google/imagen-4.0", "vertex_imagen")
 MODELS = (FLUX, MAI, WAN, BEDROCK, IMAGEN)
 
 # How many requests the emulator sees: a refusal (or a final error) is not

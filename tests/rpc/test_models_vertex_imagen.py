@@ -1,10 +1,14 @@
 """The google/imagen-4.0* models end to end: the gRPC service, the real
-Vertex backend (aiplatform_v1 client) and the PredictionService emulator."""
+Vertex backend (aiplatform_v1 client) and the PredictionService emulator.
+
+Imagen 4 is retired and routes to Gemini by default; these tests run a
+deployment that pins the Imagen upstream ids (IMAGE_SERVICE_RETIRED_MODELS)."""
 
 from __future__ import annotations
 
 import asyncio
 import pathlib
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import grpc
@@ -29,6 +33,15 @@ PRODUCED = {
     "1024x1792": (768, 1408),
     "2048x2048": (2048, 2048),
 }
+
+
+PINNED = ",".join(f"{model}=pin" for model in IMAGEN)
+
+
+@pytest.fixture
+async def stack(sandbox: SandboxServer, tmp_path: pathlib.Path) -> AsyncIterator[Stack]:
+    async with running_stack(sandbox, tmp_path, retired_models=PINNED) as running:
+        yield running
 
 
 def price(model: str, images: int) -> str:
@@ -107,7 +120,9 @@ async def test_upstream_timeout_is_deadline_exceeded(
     sandbox: SandboxServer, tmp_path: pathlib.Path
 ) -> None:
     sandbox.vertex_imagen.faults.push(FaultMode.TIMEOUT)
-    async with running_stack(sandbox, tmp_path, vertex_timeout_s=0.3) as stack:
+    async with running_stack(
+        sandbox, tmp_path, vertex_timeout_s=0.3, retired_models=PINNED
+    ) as stack:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stack.stub.Generate(
                 pb.GenerateRequest(model="google/imagen-4.0", prompt="x"), timeout=30
@@ -134,7 +149,7 @@ async def test_refused_credentials_are_failed_precondition(stack: Stack) -> None
 async def test_missing_project_is_backend_not_configured(
     sandbox: SandboxServer, tmp_path: pathlib.Path
 ) -> None:
-    async with running_stack(sandbox, tmp_path, vertex_project="") as stack:
+    async with running_stack(sandbox, tmp_path, vertex_project="", retired_models=PINNED) as stack:
         models = await stack.stub.ListModels(pb.ListModelsRequest(), timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stack.stub.Generate(

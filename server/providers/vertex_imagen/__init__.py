@@ -1,4 +1,10 @@
-"""Google Vertex AI: Imagen 4 (generate, fast, ultra) through PredictionService.
+"""Google Vertex AI image models through PredictionService: Imagen 4
+(generate, fast, ultra) with `Predict`, and the Gemini image models
+(gemini-3.1-flash-image, gemini-3-pro-image) with `GenerateContent`
+(`gemini.py`; a catalogue row's `options.api` chooses). Both share one
+client, one project's settings and one emulator, as on Vertex.
+
+Imagen:
 
     google.cloud.aiplatform.v1.PredictionService/Predict  (gRPC, aiplatform_v1 async client)
     endpoint   = projects/{project}/locations/{location}/publishers/google/models/{upstream_id}
@@ -33,6 +39,7 @@ from server.providers._shared.plugin import BackendPlugin, BackendSettings, back
 
 Tier = Literal["1K", "2K"]
 TIERS: tuple[Tier, ...] = ("1K", "2K")
+GeminiTier = Literal["1K", "2K", "4K"]
 
 
 class VertexImagenSettings(BackendSettings):
@@ -64,8 +71,15 @@ class VertexImagenOptions(BaseModel):
     sample_image_sizes: tuple[Tier, ...] = TIERS
     # Sent as `enhancePrompt` when set; else the upstream's default applies.
     enhance_prompt: bool | None = None
+    # Which Vertex method serves the row: Imagen's Predict or Gemini's
+    # GenerateContent.
+    api: Literal["predict", "generate_content"] = "predict"
+    # Gemini: the `imageSize` tiers the model renders, and the thinking
+    # level sent (Google maps Imagen 4 Fast to MINIMAL and Imagen 4 to HIGH).
+    image_sizes: tuple[GeminiTier, ...] = ("1K", "2K", "4K")
+    thinking_level: Literal["minimal", "low", "medium", "high"] | None = None
 
-    @field_validator("sample_image_sizes", mode="before")
+    @field_validator("sample_image_sizes", "image_sizes", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):

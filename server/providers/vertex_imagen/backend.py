@@ -29,6 +29,7 @@ from server.providers.vertex_imagen.errors import (
     UPSTREAM,
     error_for_exception,
 )
+from server.providers.vertex_imagen.gemini import generate_content_request, parse_generate_content
 from server.providers.vertex_imagen.request import request_parameters
 from server.providers.vertex_imagen.response import parse_response
 
@@ -123,7 +124,9 @@ class VertexImagenBackend:
         )
 
     async def run(self, call: UpstreamCall, deadline: Deadline) -> UpstreamResult:
-        """One Imagen generation of `call.count` images, retried within `deadline`."""
+        """One generation of `call.count` images, retried within `deadline`."""
+        if call.model.options.get("api") == "generate_content":
+            return await self._generate_content(call, deadline)
         upstream_id = call.model.upstream_id
         # Built as the raw protobuf: proto-plus would turn the Values into
         # Python objects and back.
@@ -141,6 +144,26 @@ class VertexImagenBackend:
                 raise error_for_exception(error, upstream_id) from error
             # Decoding up to four multi-megabyte images is kept off the loop.
             return await asyncio.to_thread(parse_response, response, call.count)
+
+        return await self._retry.run(
+            lambda: attempt_within(deadline, self._timeout_s, UPSTREAM, attempt), deadline
+        )
+
+    async def _generate_content(self, call: UpstreamCall, deadline: Deadline) -> UpstreamResult:
+        """One Gemini image (GenerateContent), retried within `deadline`."""
+        upstream_id = call.model.upstream_id
+        request = prediction_service.GenerateContentRequest.wrap(
+            generate_content_request(call, self.model_path(upstream_id))
+        )
+
+        async def attempt(budget: float) -> UpstreamResult:
+            try:
+                response = await self.client.generate_content(
+                    request=request, retry=None, timeout=budget
+                )
+            except (api_exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as error:
+                raise error_for_exception(error, upstream_id) from error
+            return parse_generate_content(prediction_service.GenerateContentResponse.pb(response))
 
         return await self._retry.run(
             lambda: attempt_within(deadline, self._timeout_s, UPSTREAM, attempt), deadline

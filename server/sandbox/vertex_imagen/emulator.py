@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,11 @@ from starlette.routing import BaseRoute
 from server.netloc import http_url
 from server.sandbox.faults import Exchange, FaultMode, FaultPlan, SandboxClosing
 from server.sandbox.vertex_imagen.errors import Dropped, RpcError, error_info, invalid, status_bytes
+from server.sandbox.vertex_imagen.gemini import (
+    GEMINI_MODELS,
+    answer_generate_content,
+    validate_generate_content,
+)
 from server.sandbox.vertex_imagen.predictions import fault_error, render_predictions
 from server.sandbox.vertex_imagen.relay import Relay
 from server.sandbox.vertex_imagen.validation import MODELS, ImagenModel, validate
@@ -43,6 +49,16 @@ class Received:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class GeminiReceived:
+    """A GenerateContent call the emulator accepted past auth and routing."""
+
+    model: str
+    endpoint: str
+    request: Any
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
 class VertexImagenEmulator:
     """Vertex AI's PredictionService for the Imagen 4 models of one project."""
 
@@ -64,6 +80,7 @@ class VertexImagenEmulator:
         # The latest accepted calls, newest last (bounded: the sandbox may
         # run for days under `image-service dev`).
         self.received: deque[Received] = deque(maxlen=32)
+        self.gemini_received: deque[GeminiReceived] = deque(maxlen=32)
         self._requested_port = port
         self._host = "127.0.0.1"
         self._port: int | None = None
@@ -104,6 +121,11 @@ class VertexImagenEmulator:
             request_deserializer=request_pb.FromString,
             response_serializer=response_pb.SerializeToString,
         )
+        generate_content = grpc.unary_unary_rpc_method_handler(
+            self._generate_content,
+            request_deserializer=prediction_service.GenerateContentRequest.pb().FromString,
+            response_serializer=prediction_service.GenerateContentResponse.pb().SerializeToString,
+        )
         server = grpc.aio.server(
             options=[
                 ("grpc.max_send_message_length", -1),
@@ -112,7 +134,11 @@ class VertexImagenEmulator:
             ]
         )
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {"Predict": handler}),)
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE, {"Predict": handler, "GenerateContent": generate_content}
+                ),
+            )
         )
         inner_port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -134,6 +160,17 @@ class VertexImagenEmulator:
         self._port = None
 
     async def _predict(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await self._serve(self._answer(request, context), context)
+
+    async def _generate_content(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        return await self._serve(self._answer_gemini(request, context), context)
+
+    async def _serve(
+        self, answer: Coroutine[Any, Any, Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        """Count the call, await its `answer` and turn its errors into statuses."""
         stats = self.faults.stats
         stats.received += 1
         stats.in_flight += 1
@@ -141,7 +178,7 @@ class VertexImagenEmulator:
         outcome = "cancelled"
         try:
             try:
-                response = await self._answer(request, context)
+                response = await answer
             except SandboxClosing:
                 raise RpcError(
                     grpc.StatusCode.UNAVAILABLE, "The sandbox is shutting down."
@@ -193,6 +230,29 @@ class VertexImagenEmulator:
             response.predictions.append(json_format.ParseDict(prediction, struct_pb2.Value()))
         return response
 
+    async def _answer_gemini(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
+        self._check_auth(metadata.get("authorization"))
+        model_id = self._route_id(request.model)
+        if model_id not in GEMINI_MODELS:
+            raise RpcError(
+                grpc.StatusCode.NOT_FOUND, f"Publisher Model `{request.model}` not found."
+            )
+        metadata.pop("authorization", None)
+        self.gemini_received.append(GeminiReceived(model_id, request.model, request, metadata))
+        job = validate_generate_content(model_id, request)
+        fault = await Exchange(self.faults).begin(job.prompt)
+        if fault.mode is FaultMode.DROP_CONNECTION:
+            self._relay_server.drop(context.peer())
+            raise Dropped
+        # Gemini answers a safety block in the response, not as a status.
+        error = fault_error(fault, job)
+        if error is not None and fault.mode is not FaultMode.CONTENT_FILTER:
+            raise error
+        return await answer_generate_content(job, fault)
+
     def _check_auth(self, authorization: str | None) -> None:
         if authorization is None:
             if self.require_auth:
@@ -211,6 +271,16 @@ class VertexImagenEmulator:
             )
 
     def _route(self, endpoint: str) -> ImagenModel:
+        model = MODELS.get(self._route_id(endpoint))
+        if model is None:
+            raise RpcError(
+                grpc.StatusCode.NOT_FOUND,
+                f"Publisher Model `{endpoint}` not found.",
+            )
+        return model
+
+    def _route_id(self, endpoint: str) -> str:
+        """The model id of `endpoint`, after the project check."""
         match = _ENDPOINT.match(endpoint)
         if match is None:
             raise invalid(f"Invalid resource field value in the request: endpoint {endpoint!r}.")
@@ -228,10 +298,4 @@ class VertexImagenEmulator:
                     resource=endpoint,
                 ),
             )
-        model = MODELS.get(model_id)
-        if model is None:
-            raise RpcError(
-                grpc.StatusCode.NOT_FOUND,
-                f"Publisher Model `{endpoint}` not found.",
-            )
-        return model
+        return model_id

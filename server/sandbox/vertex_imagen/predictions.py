@@ -20,6 +20,7 @@ from google.rpc import error_details_pb2
 from server.sandbox.faults import Fault, FaultMode, strip_directives
 from server.sandbox.render import render_image
 from server.sandbox.vertex_imagen.errors import RpcError, error_info, invalid
+from server.sandbox.vertex_imagen.gemini import GeminiJob
 from server.sandbox.vertex_imagen.validation import Job
 
 CONTENT_FILTER_PROMPT = "prompt"
@@ -73,7 +74,7 @@ async def render_predictions(job: Job, fault: Fault) -> list[dict[str, Any]]:
     return predictions
 
 
-def fault_error(fault: Fault, job: Job) -> RpcError | None:
+def fault_error(fault: Fault, job: Job | GeminiJob) -> RpcError | None:
     """The status a fault answers with, or None when it shapes a success."""
     mode = fault.mode
     if mode is FaultMode.BAD_REQUEST:
