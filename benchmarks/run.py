@@ -77,6 +77,10 @@ class Plan:
     # Time box of each grid cell, and of the target cells.
     duration_s: float = 1.5
     target_duration_s: float = 5.0
+    # A cell's window also closes once this many requests have completed:
+    # with a long time box, a count that does not depend on how fast this
+    # machine is (the harness's smoke test uses that).
+    max_requests_per_cell: int = MAX_REQUESTS_PER_CELL
     stream_noise: str = "3mb"
     stream_latencies_ms: tuple[int, ...] = (100, 200, 300, 400)
     stream_requests: int = 10
@@ -150,7 +154,7 @@ class Bench:
             self.direct.generate(text, n),
             concurrency=concurrency,
             duration_s=duration_s,
-            max_requests=MAX_REQUESTS_PER_CELL,
+            max_requests=self.plan.max_requests_per_cell,
             min_requests=max(MIN_REQUESTS_PER_WORKER * concurrency, MIN_REQUESTS),
             max_duration_s=MAX_BOXES * duration_s,
             stagger_s=stagger_s,
@@ -193,7 +197,7 @@ class Bench:
             self.call_for(path, text, n),
             concurrency=concurrency,
             duration_s=duration_s,
-            max_requests=MAX_REQUESTS_PER_CELL,
+            max_requests=self.plan.max_requests_per_cell,
             min_requests=max(MIN_REQUESTS_PER_WORKER * concurrency, MIN_REQUESTS),
             max_duration_s=MAX_BOXES * duration_s,
             stagger_s=stagger_s,
@@ -511,6 +515,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="time box of each grid cell, s")
     parser.add_argument("--target-duration", type=float, help="time box of target cells, s")
     parser.add_argument("--stream-requests", type=int, help="streams to time")
+    parser.add_argument(
+        "--max-requests", type=int, help="close a cell's window after this many requests"
+    )
     parser.add_argument("--capacity", type=int, help="generations held in flight at once")
     parser.add_argument("--capacity-upstream-s", type=float, help="upstream latency then, s")
     parser.add_argument("--latencies", help="grid upstream latencies, ms, e.g. 0,500")
@@ -544,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("duration", "duration_s"),
         ("target_duration", "target_duration_s"),
         ("stream_requests", "stream_requests"),
+        ("max_requests", "max_requests_per_cell"),
         ("capacity", "capacity"),
         ("capacity_upstream_s", "capacity_upstream_s"),
     ):

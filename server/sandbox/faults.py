@@ -9,6 +9,11 @@ a prompt. For every upstream request that passes the emulator's own checks
     plan.push(FaultMode.SERVER_ERROR, times=2)       # then two 500s
     plan.latencies = [0.8, 0.1, 0.5, 0.3]            # per-request delays, in order
     plan.default_latency = 0.05                      # once the list runs out
+    gate = plan.hold()                               # the next request waits...
+    gate.set()                                       # ...until the test says so
+
+A held request answers when its test releases it, not after a delay, so a
+test of completion order does not depend on how busy the machine is.
 
 A prompt can carry directives, so a fault can be triggered through the
 whole stack with grpcurl; they override the queue for that request and are
@@ -89,6 +94,8 @@ class Step:
 
     fault: Fault
     latency: float
+    # Set by the test to let the request go on (see `FaultPlan.hold`).
+    gate: asyncio.Event | None = None
 
 
 @dataclass
@@ -151,6 +158,7 @@ class FaultPlan:
         self.hang_s = hang_s
         self.stats = FaultStats()
         self._queue: deque[Fault] = deque()
+        self._gates: deque[asyncio.Event] = deque()
         self._exchanges: set[Exchange] = set()
         self._closing = False
 
@@ -167,6 +175,15 @@ class FaultPlan:
             raise ValueError("times must be at least 1")
         self._queue.extend([Fault(mode, retry_after, variant)] * times)
 
+    def hold(self) -> asyncio.Event:
+        """Hold the next request (after those already held) once it has
+        waited its latency, until the returned event is set; then its fault,
+        if any, applies as usual. A held request still ends early when the
+        client leaves or the sandbox closes."""
+        gate = asyncio.Event()
+        self._gates.append(gate)
+        return gate
+
     @property
     def pending(self) -> int:
         """Faults still queued."""
@@ -180,6 +197,7 @@ class FaultPlan:
         """
         fault = self._queue.popleft() if self._queue else NO_FAULT
         latency = self.latencies.pop(0) if self.latencies else self.default_latency
+        gate = self._gates.popleft() if self._gates else None
         directives = parse_directives(prompt)
         if "fault" in directives:
             try:
@@ -195,15 +213,16 @@ class FaultPlan:
         if directive_latency is not None:
             latency = directive_latency
         self.stats.faults[fault.mode] += 1
-        return Step(fault, latency)
+        return Step(fault, latency, gate)
 
     def reset(self) -> None:
-        """Forget queued faults and latencies and zero the counters.
+        """Forget queued faults, latencies and holds and zero the counters.
 
         Requests still in flight stay counted in `in_flight`; the stats
         object is reset in place, so references to it stay valid.
         """
         self._queue.clear()
+        self._gates.clear()
         self.latencies = []
         stats = self.stats
         stats.received = stats.completed = stats.cancelled = stats.dropped = 0
@@ -260,19 +279,38 @@ class Exchange:
                     await self._interrupt.wait()
             except TimeoutError:
                 return
+        self._raise_if_interrupted()
+
+    async def wait(self, gate: asyncio.Event) -> None:
+        """Wait for `gate`, unless the client disconnects (`ClientGone`) or
+        the sandbox closes (`SandboxClosing`) first."""
+        if not self._interrupt.is_set() and not gate.is_set():
+            released = asyncio.ensure_future(gate.wait())
+            interrupted = asyncio.ensure_future(self._interrupt.wait())
+            try:
+                await asyncio.wait((released, interrupted), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                released.cancel()
+                interrupted.cancel()
+        self._raise_if_interrupted()
+
+    def _raise_if_interrupted(self) -> None:
         if self._client_gone:
             raise ClientGone
         if self._interrupt.is_set():
             raise SandboxClosing
 
     async def begin(self, prompt: str = "") -> Fault:
-        """Take this request's step from the plan and wait its latency.
+        """Take this request's step from the plan, wait its latency and, if
+        it is held, for its release.
 
         For `TIMEOUT` this also hangs for `plan.hang_s` before returning, so
         the emulator's answer (if any client is still there) comes late.
         """
         step = self.plan.next(prompt)
         await self.sleep(step.latency)
+        if step.gate is not None:
+            await self.wait(step.gate)
         if step.fault.mode is FaultMode.TIMEOUT:
             await self.sleep(self.plan.hang_s)
         return step.fault

@@ -1,8 +1,10 @@
 """Smoke test of `make bench`'s harness: it runs end to end and reports.
 
-Not a performance test: the time boxes are a fraction of a second and no
-figure is compared with a target, only the shape of the report and the
-absence of errors.
+Not a performance test: no figure is compared with a target, only the
+shape of the report and the absence of errors. Nothing in it depends on how
+busy the machine is: each cell's window closes after a count of requests
+(`--max-requests`), and the time box and timeouts are generous bounds that
+only stop a hung run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Bounds on a hung run, not expectations: a loaded 2-core machine runs it in
+# well under a minute.
+RUN_TIMEOUT_S = 600
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
 def test_quick_run_reports_every_section_without_errors(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
     report = tmp_path / "report.md"
@@ -28,7 +36,9 @@ def test_quick_run_reports_every_section_without_errors(tmp_path: Path) -> None:
             "benchmarks.run",
             "--quick",
             "--target-duration",
-            "0.3",
+            "120",
+            "--max-requests",
+            "16",
             "--stream-requests",
             "1",
             "--capacity",
@@ -45,7 +55,7 @@ def test_quick_run_reports_every_section_without_errors(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=RUN_TIMEOUT_S,
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -157,18 +157,26 @@ async def test_kontext_refuses_two_input_images_and_masks(backend: AzureFluxBack
 async def test_concurrent_calls_finish_in_latency_order(
     backend: AzureFluxBackend, faults: FaultPlan
 ) -> None:
-    faults.latencies = [0.6, 0.1, 0.45, 0.25]
+    # The upstream answers in the order latencies of 0.6, 0.1, 0.45 and
+    # 0.25 s would give, released by the test rather than timed, so the
+    # order cannot depend on how busy the machine is.
+    gates = [faults.hold() for _ in range(4)]
+    done: asyncio.Queue[int] = asyncio.Queue()
     finished: list[int] = []
 
     async def one(index: int) -> None:
         await backend.run(generate(seed=index), Deadline.after(10))
-        finished.append(index)
+        done.put_nowait(index)
 
     async with asyncio.TaskGroup() as group:
         for index in range(4):
             group.create_task(one(index))
-            # Let each request reach the emulator before the next is sent,
-            # so request i takes latency i.
-            await faults.wait_for(lambda s, n=index + 1: s.received == n)
+            # Let each request reach the emulator's plan before the next is
+            # sent, so request i is held by gate i.
+            await faults.wait_for(lambda s, n=index + 1: s.faults.total() == n)
+        for index in (1, 3, 2, 0):
+            gates[index].set()
+            # Each call finishes as its answer arrives, the others still held.
+            finished.append(await asyncio.wait_for(done.get(), 10))
 
     assert finished == [1, 3, 2, 0]

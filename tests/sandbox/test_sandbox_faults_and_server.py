@@ -44,6 +44,68 @@ def test_queue_and_latencies_are_consumed_in_order() -> None:
     assert plan.stats.faults[FaultMode.SERVER_ERROR] == 2
 
 
+def test_holds_are_consumed_in_order_and_forgotten_on_reset() -> None:
+    plan = FaultPlan()
+    first, second = plan.hold(), plan.hold()
+
+    assert [plan.next().gate for _ in range(3)] == [first, second, None]
+    plan.hold()
+    plan.reset()
+    assert plan.next().gate is None
+
+
+async def test_held_requests_answer_in_the_order_they_are_released(
+    sandbox: SandboxServer,
+) -> None:
+    faults = sandbox.azure_flux.faults
+    gates = [faults.hold() for _ in range(2)]
+    answered: asyncio.Queue[int] = asyncio.Queue()
+
+    async def send(client: httpx.AsyncClient, index: int) -> None:
+        response = await client.post(
+            "/providers/blackforestlabs/v1/flux-2-pro",
+            params={"api-version": "preview"},
+            json={"prompt": f"fox {index}", "width": 256, "height": 256},
+            headers={"Authorization": f"Bearer {SANDBOX_AZURE_FLUX_KEY}"},
+        )
+        assert response.status_code == 200
+        answered.put_nowait(index)
+
+    async with (
+        httpx.AsyncClient(base_url=sandbox.base_url, timeout=10) as client,
+        asyncio.TaskGroup() as group,
+    ):
+        for index in range(2):
+            group.create_task(send(client, index))
+            await faults.wait_for(lambda s, n=index + 1: s.faults.total() == n)
+        await faults.wait_for(lambda s: s.in_flight == 2)
+        assert answered.empty()
+        gates[1].set()
+        assert await asyncio.wait_for(answered.get(), 10) == 1
+        assert faults.stats.in_flight == 1
+        gates[0].set()
+        assert await asyncio.wait_for(answered.get(), 10) == 0
+
+
+async def test_a_held_request_whose_client_leaves_is_cancelled(sandbox: SandboxServer) -> None:
+    faults = sandbox.azure_flux.faults
+    faults.hold()
+    async with httpx.AsyncClient(base_url=sandbox.base_url, timeout=10) as client:
+        request = asyncio.create_task(
+            client.post(
+                "/providers/blackforestlabs/v1/flux-2-pro",
+                params={"api-version": "preview"},
+                json={"prompt": "fox"},
+                headers={"Authorization": f"Bearer {SANDBOX_AZURE_FLUX_KEY}"},
+            )
+        )
+        await faults.wait_for(lambda s: s.in_flight == 1)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    await faults.wait_for(lambda s: s.cancelled == 1 and s.in_flight == 0)
+
+
 def test_directives_override_but_still_consume_the_queue() -> None:
     plan = FaultPlan()
     plan.push(FaultMode.SERVER_ERROR)
