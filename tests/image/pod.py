@@ -22,6 +22,7 @@ and `podman kill`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
@@ -74,9 +75,13 @@ def have_podman() -> bool:
 
 
 def image_exists(image: str) -> bool:
-    return have_podman() and subprocess.run(
-        ["podman", "image", "exists", image], env=podman_env(), check=False
-    ).returncode == 0
+    return (
+        have_podman()
+        and subprocess.run(
+            ["podman", "image", "exists", image], env=podman_env(), check=False
+        ).returncode
+        == 0
+    )
 
 
 def helm_template(values: Sequence[pathlib.Path], home: pathlib.Path) -> list[Manifest]:
@@ -127,7 +132,10 @@ class RenderedPod:
             if m["kind"] == "ConfigMap"
         }
         secrets = {
-            m["metadata"]["name"]: dict(m.get("stringData") or {})
+            m["metadata"]["name"]: {
+                **{k: base64.b64decode(v).decode() for k, v in (m.get("data") or {}).items()},
+                **(m.get("stringData") or {}),
+            }
             for m in manifests
             if m["kind"] == "Secret"
         }
