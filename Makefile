@@ -27,6 +27,9 @@ PIP_INSTALL := $(BIN)/python -m pip install --progress-bar off --no-compile
 $(BIN)/.runtime: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	@test -x $(BIN)/python || { echo "==> creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@# The pip that ships with Python 3.11 (23.x) backtracks into ResolutionImpossible on
+	@# the opentelemetry instrumentation packages; a current pip resolves them.
+	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "==> installing the service and its runtime dependencies into $(VENV)"
 	@$(PIP_INSTALL) -e '.[tools]' | { grep -E '^(Collecting|Successfully)' || true; } | cut -c1-100
 	@touch $@

@@ -394,16 +394,6 @@ def test_server_exits_by_itself_within_the_grace_period(drained: dict[str, Any])
     assert drained["exits"]["server"] == 0, drained["server_log"][-2000:]
 
 
-# The sidecar's uvicorn drains for 1 s only (server/asgi.py,
-# timeout_graceful_shutdown=1), so a REST generation in flight at SIGTERM is cut
-# off: the chart promises it finishes inside the server's drain. issue-11 owns
-# the fix; this fails loudly (strict xfail) the day it lands, to be unmarked.
-_SIDECAR_DRAIN = pytest.mark.xfail(
-    reason="issue-11: the REST sidecar drains for only 1 s on SIGTERM", strict=True
-)
-
-
-@_SIDECAR_DRAIN
 def test_in_flight_rest_generation_completes_in_the_drain(drained: dict[str, Any]) -> None:
     (reply,) = drained["rest"]
     assert isinstance(reply, httpx.Response), reply
