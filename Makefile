@@ -147,6 +147,29 @@ image-test: image tools install ## Run the image as the chart's pod (podman pod)
 bench: install ## Benchmarks (not part of `make test`)
 	$(BIN)/python -m benchmarks.run
 
+# Peer gateways for `make bench-peers`, each in its own directory under .bench/
+# (gitignored): not project dependencies. LiteLLM is pinned to 1.106.2 because
+# newer releases need a certifi this package index lacks.
+BENCH := .bench
+LITELLM_VERSION := 1.106.2
+LITELLM := $(BENCH)/litellm/bin/litellm
+PORTKEY := $(BENCH)/portkey/node_modules/@portkey-ai/gateway/build/start-server.js
+
+$(LITELLM):
+	test -x $(BENCH)/litellm/bin/python || $(PYTHON) -m venv $(BENCH)/litellm
+	$(BENCH)/litellm/bin/python -m pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $@
+
+$(PORTKEY): benchmarks/portkey/package.json
+	mkdir -p $(BENCH)/portkey
+	cp benchmarks/portkey/package.json $(BENCH)/portkey/package.json
+	cd $(BENCH)/portkey && npm install --silent --no-audit --no-fund >/dev/null
+	touch $@
+
+.PHONY: bench-peers
+bench-peers: install $(LITELLM) $(PORTKEY) ## The service beside LiteLLM and Portkey (installs them under .bench/)
+	$(BIN)/python -m benchmarks.peers
+
 .PHONY: clean
-clean: ## Remove the venv, tools and caches
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+clean: ## Remove the venv, tools, peers and caches
+	rm -rf $(VENV) $(TOOLS) $(BENCH) .pytest_cache .mypy_cache .ruff_cache

@@ -124,16 +124,32 @@ def _check_images(images: list[pb.Image], n: int, *, inline: bool) -> None:
 
 
 class RestClient:
-    """Calls the REST sidecar at `base_url` as the `openai` SDK would."""
+    """Calls the REST sidecar at `base_url` as the `openai` SDK would.
 
-    def __init__(self, base_url: str, max_connections: int = 64) -> None:
+    `model` and `headers` (added to the SDK's) let the same client call a
+    peer gateway's OpenAI-compatible route (`benchmarks.peers`).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        max_connections: int = 64,
+        *,
+        model: str = MODEL,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.model = model
         self.client = httpx.AsyncClient(
             base_url=base_url,
             timeout=TIMEOUT_S,
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
-            headers={"Accept-Encoding": "gzip, deflate", "Authorization": "Bearer bench"},
+            headers={
+                "Accept-Encoding": "gzip, deflate",
+                "Authorization": "Bearer bench",
+                **(headers or {}),
+            },
         )
         # Content-Encoding of every response ("identity" when absent).
         self.encodings: Counter[str] = Counter()
@@ -141,7 +157,7 @@ class RestClient:
     def generate(self, text: str, n: int, *, b64: bool) -> Call:
         """A call of `/v1/images/generations` that checks it got `n` images."""
         body = {
-            "model": MODEL,
+            "model": self.model,
             "prompt": text,
             "size": SIZE,
             "n": n,

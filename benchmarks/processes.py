@@ -87,18 +87,25 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], log: Path) -> Child:
     return Child(name, process, log)
 
 
-async def _start(name: str, argv: list[str], env: dict[str, str], log: Path, ready: str) -> Child:
+async def start_child(
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    ready: str,
+    timeout_s: float = START_TIMEOUT_S,
+) -> Child:
     """Start `argv` and wait for its output to match `ready`; returns the child."""
     child = _spawn(name, argv, env, log)
     pattern = re.compile(ready)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if pattern.search(child.output()):
             return child
         child.check_alive()
         await asyncio.sleep(0.05)
     child.stop()
-    raise ProcessFailed(f"{name} was not ready within {START_TIMEOUT_S:.0f} s:\n{child.tail()}")
+    raise ProcessFailed(f"{name} was not ready within {timeout_s:.0f} s:\n{child.tail()}")
 
 
 def _port(child: Child, ready: str) -> int:
@@ -115,7 +122,7 @@ def _image_service() -> str:
     return str(script)
 
 
-def _base_env() -> dict[str, str]:
+def base_env() -> dict[str, str]:
     # The children must not pick up a developer's own service configuration.
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SERVICE_")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -156,9 +163,9 @@ class Stack:
         raise_open_files_limit()  # inherited by the children
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
-        env = _base_env()
+        env = base_env()
         ready = re.escape(READY_PREFIX) + r"http://[^:]+:(\d+)"
-        self.emulator = await _start(
+        self.emulator = await start_child(
             "emulator",
             [
                 sys.executable,
@@ -188,7 +195,7 @@ class Stack:
             **self.service_env,
         }
         ready = r"serving gRPC on [^\s]+:(\d+)"
-        self.server = await _start(
+        self.server = await start_child(
             "server",
             [_image_service(), "serve", "--host", HOST, "--port", "0"],
             service_env,
@@ -198,7 +205,7 @@ class Stack:
         self.grpc_target = f"{HOST}:{_port(self.server, ready)}"
 
         ready = r"REST sidecar on http://[^:]+:(\d+)"
-        self.sidecar = await _start(
+        self.sidecar = await start_child(
             "sidecar",
             [
                 _image_service(),

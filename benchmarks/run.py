@@ -104,6 +104,55 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@dataclass
+class Window:
+    """One closed-loop window and what the measured processes used during it."""
+
+    load: LoadResult
+    # pid -> CPU seconds inside the window, and peak RSS (MiB) during it.
+    cpu_s: dict[int, float]
+    peak_rss_mib: dict[int, float]
+
+
+async def measured_loop(
+    call: Call,
+    pids: Sequence[int],
+    concurrency: int,
+    duration_s: float,
+    stagger_s: float,
+    max_requests: int = MAX_REQUESTS_PER_CELL,
+) -> Window:
+    """`closed_loop` over `call` with a cell's bounds, reading the CPU time
+    and peak RSS of `pids` at the window's two ends."""
+    starts: dict[int, procstat.CpuSnapshot] = {}
+    ends: dict[int, procstat.CpuSnapshot] = {}
+    peaks: dict[int, float] = {}
+
+    def on_start() -> None:
+        for pid in pids:
+            procstat.reset_peak(pid)
+            starts[pid] = procstat.cpu_snapshot(pid)
+
+    def on_stop() -> None:
+        for pid in pids:
+            ends[pid] = procstat.cpu_snapshot(pid)
+            peaks[pid] = procstat.peak_rss_mib(pid)
+
+    load = await closed_loop(
+        call,
+        concurrency=concurrency,
+        duration_s=duration_s,
+        max_requests=max_requests,
+        min_requests=max(MIN_REQUESTS_PER_WORKER * concurrency, MIN_REQUESTS),
+        max_duration_s=MAX_BOXES * duration_s,
+        stagger_s=stagger_s,
+        on_start=on_start,
+        on_stop=on_stop,
+    )
+    cpu = {pid: procstat.cpu_seconds_between(starts[pid], ends[pid]) for pid in pids}
+    return Window(load, cpu, peaks)
+
+
 class Bench:
     """Runs a `Plan` against a started `Stack`."""
 
@@ -150,15 +199,15 @@ class Bench:
         label = f"{latency_ms} ms, {noise}, n={n}, c={concurrency}"
         # Callers spread over one upstream latency, not in lockstep waves.
         stagger_s = latency_ms / 1000
-        baseline = await closed_loop(
+        window = await measured_loop(
             self.direct.generate(text, n),
-            concurrency=concurrency,
-            duration_s=duration_s,
-            max_requests=self.plan.max_requests_per_cell,
-            min_requests=max(MIN_REQUESTS_PER_WORKER * concurrency, MIN_REQUESTS),
-            max_duration_s=MAX_BOXES * duration_s,
-            stagger_s=stagger_s,
+            [],
+            concurrency,
+            duration_s,
+            stagger_s,
+            self.plan.max_requests_per_cell,
         )
+        baseline = window.load
         self.cells.append(CellResult("direct", latency_ms, noise, n, concurrency, baseline))
         log(f"  {label}: direct {baseline.throughput:.1f} req/s")
         for path in paths:
@@ -178,33 +227,16 @@ class Bench:
     ) -> CellResult:
         """One service cell: load, CPU per request and peak RSS of server and sidecar."""
         server_pid, sidecar_pid = pids = self.stack.service_pids()
-        starts: dict[int, procstat.CpuSnapshot] = {}
-        ends: dict[int, procstat.CpuSnapshot] = {}
-        peaks: dict[int, float] = {}
         encodings_before = dict(self.rest.encodings)
-
-        def on_start() -> None:
-            for pid in pids:
-                procstat.reset_peak(pid)
-                starts[pid] = procstat.cpu_snapshot(pid)
-
-        def on_stop() -> None:
-            for pid in pids:
-                ends[pid] = procstat.cpu_snapshot(pid)
-                peaks[pid] = procstat.peak_rss_mib(pid)
-
-        load = await closed_loop(
+        window = await measured_loop(
             self.call_for(path, text, n),
-            concurrency=concurrency,
-            duration_s=duration_s,
-            max_requests=self.plan.max_requests_per_cell,
-            min_requests=max(MIN_REQUESTS_PER_WORKER * concurrency, MIN_REQUESTS),
-            max_duration_s=MAX_BOXES * duration_s,
-            stagger_s=stagger_s,
-            on_start=on_start,
-            on_stop=on_stop,
+            pids,
+            concurrency,
+            duration_s,
+            stagger_s,
+            self.plan.max_requests_per_cell,
         )
-        cpu = {pid: procstat.cpu_seconds_between(starts[pid], ends[pid]) for pid in pids}
+        load = window.load
         per_request = 1000 / load.completed if load.completed else math.nan
         encodings = {
             k: v - encodings_before.get(k, 0)
@@ -218,11 +250,11 @@ class Bench:
             n,
             concurrency,
             load,
-            cpu_ms=sum(cpu.values()) * per_request,
-            cpu_ms_server=cpu[server_pid] * per_request,
-            cpu_ms_sidecar=cpu[sidecar_pid] * per_request,
-            peak_rss_server=peaks[server_pid],
-            peak_rss_sidecar=peaks[sidecar_pid],
+            cpu_ms=sum(window.cpu_s.values()) * per_request,
+            cpu_ms_server=window.cpu_s[server_pid] * per_request,
+            cpu_ms_sidecar=window.cpu_s[sidecar_pid] * per_request,
+            peak_rss_server=window.peak_rss_mib[server_pid],
+            peak_rss_sidecar=window.peak_rss_mib[sidecar_pid],
             encodings=encodings,
         )
 

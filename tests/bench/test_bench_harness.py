@@ -19,6 +19,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m <args>` from the repository root, bounded by RUN_TIMEOUT_S."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+
+
 # Bounds on a hung run, not expectations: a loaded 2-core machine runs it in
 # well under a minute.
 RUN_TIMEOUT_S = 600
@@ -29,34 +41,25 @@ RUN_TIMEOUT_S = 600
 def test_quick_run_reports_every_section_without_errors(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
     report = tmp_path / "report.md"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--quick",
-            "--target-duration",
-            "120",
-            "--max-requests",
-            "16",
-            "--stream-requests",
-            "1",
-            "--capacity",
-            "20",
-            "--capacity-upstream-s",
-            "0.2",
-            "--output",
-            str(report),
-            "--json",
-            str(results),
-            "--workdir",
-            str(tmp_path / "work"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
+    completed = run_module(
+        "benchmarks.run",
+        "--quick",
+        "--target-duration",
+        "120",
+        "--max-requests",
+        "16",
+        "--stream-requests",
+        "1",
+        "--capacity",
+        "20",
+        "--capacity-upstream-s",
+        "0.2",
+        "--output",
+        str(report),
+        "--json",
+        str(results),
+        "--workdir",
+        str(tmp_path / "work"),
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     text = report.read_text()
@@ -81,3 +84,39 @@ def test_quick_run_reports_every_section_without_errors(tmp_path: Path) -> None:
     assert {t["name"] for t in data["targets"]} >= {
         "Streaming n=4: first image after the fastest call (p50)"
     }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+def test_peer_stage_runs_with_the_service_alone(tmp_path: Path) -> None:
+    """`benchmarks.peers` without peers: the feature probes and the
+    interleaved table, for the service only."""
+    report = tmp_path / "peers.md"
+    completed = run_module(
+        "benchmarks.peers",
+        "--peers",
+        "",
+        "--reps",
+        "2",
+        "--latencies",
+        "0",
+        "--concurrencies",
+        "1",
+        "--duration",
+        "120",
+        "--max-requests",
+        "4",
+        "--output",
+        str(report),
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    text = report.read_text()
+    service = "this service (REST sidecar + server)"
+    # Every feature the probes ask for, the service has.
+    assert f"| {service} | yes | yes (server-sent events) | yes |" in text
+    rows = [line for line in text.splitlines() if line.startswith(f"| 0 | 1 | {service} |")]
+    assert len(rows) == 1, text
+    cells = [c.strip() for c in rows[0].split("|")[1:-1]]
+    assert int(cells[11]) == 8  # four requests in each of the two repetitions
+    assert cells[12] == "0"  # errors
+    assert "| 0 | 1 | direct → emulator |" in text
