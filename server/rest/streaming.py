@@ -10,9 +10,12 @@ Event format (each event is `event: <name>` plus one `data:` JSON line):
   non-streaming body (an unstored image always comes as `b64_json`).
   OpenAI's `*.partial_image` events are not sent: the upstreams produce no
   partial renders.
-- last, one `x_chuizi.generation`: `{"type", "created", "data", "x_chuizi"}`,
-  the non-streaming body with URLs only (the bytes went out in the image
-  events).
+- last, `data: [DONE]` and then one `x_chuizi.generation`:
+  `{"type", "created", "data", "x_chuizi"}`, the non-streaming body with URLs
+  only (the bytes went out in the image events). The `[DONE]` sentinel ends
+  the stream for OpenAI's SDKs, which would otherwise parse any further
+  event as an image event (their image-stream type is a union of image
+  events only); a client reading the raw stream finds the record after it.
 - on a failure after the stream started, an `error` event
   `{"type": "error", "error": {message, type, param, code}}`, then the end.
   OpenAI's SDKs raise `APIError` for it.
@@ -55,6 +58,8 @@ GENERATION_IMAGE_EVENT = "image_generation.completed"
 EDIT_IMAGE_EVENT = "image_edit.completed"
 RECORD_EVENT = "x_chuizi.generation"
 ERROR_EVENT = "error"
+# What OpenAI's SDKs stop reading at (see the module doc).
+DONE = "data: [DONE]\n\n"
 
 _KEEPALIVE = b": keep-alive\n\n"
 _FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
@@ -81,8 +86,9 @@ def image_event(name: str, image: pb.Image, *, b64: bool) -> list[bytes]:
 
 
 def record_event(generation: pb.Generation) -> list[bytes]:
-    """The final `x_chuizi.generation` event's bytes."""
+    """The `[DONE]` sentinel, then the final `x_chuizi.generation` event's bytes."""
     out = BodyBuilder()
+    out.text(DONE)
     out.text(f'event: {RECORD_EVENT}\ndata: {{"type":"{RECORD_EVENT}","created":')
     out.value(generation.created)
     out.text(',"data":')

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -319,12 +320,24 @@ async def test_streaming_through_the_sdk(stack: RealStack) -> None:
             model="azure/flux-kontext-pro", prompt="a fox", n=2, stream=True
         )
         events = [event async for event in stream]
-    types = [e.type for e in events]
-    assert types == ["image_generation.completed"] * 2 + ["x_chuizi.generation"]
+    # The SDK sees the image events only, each as OpenAI's completed event:
+    # the record comes after [DONE], which ends the SDK's stream.
+    assert [type(e).__name__ for e in events] == ["ImageGenCompletedEvent"] * 2
+    assert [e.type for e in events] == ["image_generation.completed"] * 2
     extra = [e.model_extra or {} for e in events]
-    assert sorted(x["index"] for x in extra[:2]) == [0, 1]
-    record = extra[2]
-    assert [item["url"] for item in record["data"]] == sorted(x["url"] for x in extra[:2])
+    assert sorted(x["index"] for x in extra) == [0, 1]
+    # A raw reader gets the record after the sentinel.
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http:
+        raw = await http.post(
+            "/v1/images/generations",
+            json={"model": "azure/flux-kontext-pro", "prompt": "a fox", "n": 2, "stream": True},
+            headers={"Authorization": "Bearer ck-your-key-here"},
+        )
+    head, done, tail = raw.text.partition("data: [DONE]\n\n")
+    assert done and head.count("event: image_generation.completed") == 2
+    assert tail.startswith("event: x_chuizi.generation\n")
+    record = json.loads(tail.split("data: ", 1)[1])
+    assert len(record["data"]) == 2
     assert record["x_chuizi"]["cost"] == "0.10000000"
 
 

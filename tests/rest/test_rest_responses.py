@@ -187,7 +187,11 @@ def test_image_event() -> None:
 
 
 def test_record_event_carries_urls_only() -> None:
-    name, data = _event(streaming.record_event(sample_generation(2, inline=True)))
+    chunks = streaming.record_event(sample_generation(2, inline=True))
+    # OpenAI's SDKs stop at [DONE]: the record after it is for raw readers.
+    done, _, rest = b"".join(chunks).partition(b"\n\n")
+    assert done == b"data: [DONE]"
+    name, data = _event([rest])
     assert name == "x_chuizi.generation"
     assert data["type"] == "x_chuizi.generation"
     assert [set(item) for item in data["data"]] == [{"url"}, {"url"}]
