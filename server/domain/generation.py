@@ -19,12 +19,31 @@ _INLINE_RESERVE_FRACTION = 0.1
 _INLINE_RESERVE_MAX_S = 5.0
 
 
-def storage_deadline(deadline: Deadline) -> Deadline:
-    """When uploads and the record write must be done: `deadline` minus the reserve."""
+# Part of what is left before the storage deadline that the upstream calls
+# may not use: a call that hangs until the deadline would otherwise leave no
+# time to store the images the other calls returned, or the record, and the
+# whole generation (paid images included) would end in DEADLINE_EXCEEDED.
+_STORE_RESERVE_FRACTION = 0.1
+_STORE_RESERVE_MAX_S = 10.0
+
+
+def _before(deadline: Deadline, fraction: float, max_s: float) -> Deadline:
+    """`deadline` moved earlier by `fraction` of what remains, at most `max_s`."""
     remaining = deadline.remaining()
     if deadline.at is None or remaining is None:
         return deadline
-    return Deadline(deadline.at - min(_INLINE_RESERVE_MAX_S, remaining * _INLINE_RESERVE_FRACTION))
+    return Deadline(deadline.at - min(max_s, remaining * fraction))
+
+
+def storage_deadline(deadline: Deadline) -> Deadline:
+    """When uploads and the record write must be done: `deadline` minus the reserve."""
+    return _before(deadline, _INLINE_RESERVE_FRACTION, _INLINE_RESERVE_MAX_S)
+
+
+def upstream_deadline(deadline: Deadline) -> Deadline:
+    """When the upstream calls must have answered: the storage deadline minus
+    a slice for storing what they returned and writing the record."""
+    return _before(storage_deadline(deadline), _STORE_RESERVE_FRACTION, _STORE_RESERVE_MAX_S)
 
 
 @dataclass
@@ -40,13 +59,21 @@ class Generation:
     deadline: Deadline
     # Fixed when the generation begins, for every upload and the record.
     storage_deadline: Deadline
+    # Fixed when the generation begins: when every upstream call must end.
+    upstream_deadline: Deadline
     response_format: ResponseFormat
     started: float = field(default_factory=time.monotonic)
     output: asyncio.Queue[DeliveredImage | CallOutcome] = field(default_factory=asyncio.Queue)
 
     @classmethod
     def begin(cls, deadline: Deadline, response_format: ResponseFormat) -> Generation:
-        return cls(new_generation_id(), deadline, storage_deadline(deadline), response_format)
+        return cls(
+            new_generation_id(),
+            deadline,
+            storage_deadline(deadline),
+            upstream_deadline(deadline),
+            response_format,
+        )
 
     def latency_ms(self) -> int:
         """Milliseconds since the generation began."""

@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import replace
+from typing import TypeVar
 
 from server.domain.backends import Backends, ModelListing
 from server.domain.call_plan import (
@@ -31,7 +32,12 @@ from server.domain.call_plan import (
 )
 from server.domain.catalogue import Catalogue, Resolution
 from server.domain.deadline import Deadline
-from server.domain.errors import GenerationNotFound, ImageServiceError, RequestIdConflict
+from server.domain.errors import (
+    GenerationNotFound,
+    ImageServiceError,
+    RequestIdConflict,
+    UpstreamTimeout,
+)
 from server.domain.events import GenerationDone, ImageReady, StreamEvent
 from server.domain.generation import Generation
 from server.domain.generation_ids import check_generation_id
@@ -51,6 +57,25 @@ from server.domain.telemetry import NO_TELEMETRY, Telemetry
 from server.domain.validation import ValidRequest, check_model_name, validate_off_loop
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def _within(work: Awaitable[T], deadline: Deadline, backend: str) -> T:
+    """`work`, cut off at `deadline` as `UpstreamTimeout`.
+
+    Backends honour the deadline they are given, but one that hangs (an
+    upstream that never answers, a client that ignores its timeout) must not
+    take the time reserved for storing what the other calls returned.
+    """
+    remaining = deadline.remaining()
+    try:
+        async with asyncio.timeout(remaining):
+            return await work
+    except TimeoutError:
+        raise UpstreamTimeout(
+            "The upstream did not answer in time.", metadata={"upstream": backend}
+        ) from None
 
 
 class Orchestrator:
@@ -236,7 +261,11 @@ class Orchestrator:
         call = planned.call
         outcome = CallOutcome(missing=call.count)
         try:
-            result = await backend.run(call, generation.deadline)
+            result = await _within(
+                backend.run(call, generation.upstream_deadline),
+                generation.upstream_deadline,
+                call.model.backend,
+            )
             produced = result.images[: call.count]
             outcome.missing = call.count - len(produced)
             outcome.filtered = min(result.filtered, outcome.missing)
