@@ -1,37 +1,38 @@
-"""`VertexImagenBackend`: the one PredictionService client and the call loop."""
+"""`VertexImagenBackend`: one Google Cloud project's Vertex image models.
+
+Settings and credentials are checked when the backend is built, at start-up,
+so a bad key file still stops the pod with a message naming the setting. The
+PredictionService client (`client.VertexClient`) is built on the first call:
+importing google-cloud-aiplatform costs about a second of CPU, which would
+otherwise be in every pod's start-up. The first call imports it off the event
+loop, so the server keeps answering meanwhile.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import sys
+from typing import TYPE_CHECKING
 
 import google.auth
 import grpc
-from google.api_core import exceptions as api_exceptions
-from google.api_core.client_options import ClientOptions
 from google.auth import credentials as auth_credentials
 from google.auth import exceptions as auth_exceptions
-from google.cloud.aiplatform_v1 import PredictionServiceAsyncClient
-from google.cloud.aiplatform_v1.services.prediction_service.transports.grpc_asyncio import (
-    PredictionServiceGrpcAsyncIOTransport,
-)
-from google.cloud.aiplatform_v1.types import prediction_service
 from google.oauth2 import service_account
-from google.protobuf import json_format, struct_pb2
 
 from server.domain.deadline import Deadline
 from server.domain.ports import UpstreamCall, UpstreamResult
 from server.domain.retry import RetryPolicy
-from server.providers._shared.owned import Owned
-from server.providers._shared.upstream import attempt_within
-from server.providers.vertex_imagen.errors import (
-    LOCATION_SETTING,
-    PROJECT_SETTING,
-    UPSTREAM,
-    error_for_exception,
-)
-from server.providers.vertex_imagen.gemini import generate_content_request, parse_generate_content
-from server.providers.vertex_imagen.request import request_parameters
-from server.providers.vertex_imagen.response import parse_response
+from server.providers.vertex_imagen.errors import LOCATION_SETTING, PROJECT_SETTING, UPSTREAM
+from server.providers.vertex_imagen.request import model_path
+
+if TYPE_CHECKING:
+    from google.cloud.aiplatform_v1 import PredictionServiceAsyncClient
+
+    from server.providers.vertex_imagen.client import VertexClient
+
+_CLIENT_MODULE = "server.providers.vertex_imagen.client"
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
@@ -58,7 +59,7 @@ def load_credentials(credentials_file: str = "") -> auth_credentials.Credentials
 
 
 class VertexImagenBackend:
-    """`ImageBackend` for the Imagen 4 models of one Google Cloud project."""
+    """`ImageBackend` for the Vertex image models of one Google Cloud project."""
 
     def __init__(
         self,
@@ -77,97 +78,59 @@ class VertexImagenBackend:
         `channel`, if given, is used as is and not closed by `aclose`;
         otherwise credentials are `credentials`, else loaded from
         `credentials_file`, else Application Default Credentials."""
-        owns_channel = channel is None
         if not project or not location:
             raise ValueError(f"{PROJECT_SETTING} and {LOCATION_SETTING} must be set")
         self._project = project
         self._location = location
-        self._timeout_s = timeout_s
-        self._retry = retry or RetryPolicy()
         endpoint = api_endpoint or (
             "aiplatform.googleapis.com"
             if location == "global"
             else f"{location}-aiplatform.googleapis.com"
         )
         plaintext = endpoint.startswith("http://")
-        endpoint = endpoint.removeprefix("http://").removeprefix("https://").rstrip("/")
-        if channel is None and plaintext:
-            channel = grpc.aio.insecure_channel(
-                endpoint,
-                # As the library's own channel: four 2K PNGs exceed gRPC's 4 MB default.
-                options=[
-                    ("grpc.max_send_message_length", -1),
-                    ("grpc.max_receive_message_length", -1),
-                ],
+        if channel is None and not plaintext:
+            credentials = credentials or load_credentials(credentials_file)
+        self._endpoint = endpoint.removeprefix("http://").removeprefix("https://").rstrip("/")
+        self._plaintext = plaintext
+        self._credentials = credentials
+        self._timeout_s = timeout_s
+        self._retry = retry or RetryPolicy()
+        self._channel = channel
+        self._vertex: VertexClient | None = None
+
+    def _ready(self) -> VertexClient:
+        """The client, built on first use (in the event loop's thread, as
+        grpc.aio channels must be)."""
+        if self._vertex is None:
+            from server.providers.vertex_imagen.client import VertexClient
+
+            self._vertex = VertexClient(
+                project=self._project,
+                location=self._location,
+                endpoint=self._endpoint,
+                plaintext=self._plaintext,
+                credentials=self._credentials,
+                timeout_s=self._timeout_s,
+                retry=self._retry,
+                channel=self._channel,
             )
-        if channel is not None:
-            transport = PredictionServiceGrpcAsyncIOTransport(host=endpoint, channel=channel)
-            client = PredictionServiceAsyncClient(transport=transport)
-        else:
-            client = PredictionServiceAsyncClient(
-                credentials=credentials or load_credentials(credentials_file),
-                client_options=ClientOptions(api_endpoint=endpoint),
-            )
-        # A channel handed in (`channel` given) is its owner's to close; one
-        # made here, for the sandbox or the real endpoint, is ours.
-        self._client = Owned(client, client.transport.close if owns_channel else None)
+        return self._vertex
 
     @property
     def client(self) -> PredictionServiceAsyncClient:
-        """The one prediction client (for inspection)."""
-        return self._client.resource
+        """The one prediction client (for inspection; builds it if no call has)."""
+        return self._ready().client
 
     def model_path(self, upstream_id: str) -> str:
-        return (
-            f"projects/{self._project}/locations/{self._location}"
-            f"/publishers/google/models/{upstream_id}"
-        )
+        return model_path(self._project, self._location, upstream_id)
 
     async def run(self, call: UpstreamCall, deadline: Deadline) -> UpstreamResult:
         """One generation of `call.count` images, retried within `deadline`."""
-        if call.model.options.get("api") == "generate_content":
-            return await self._generate_content(call, deadline)
-        upstream_id = call.model.upstream_id
-        # Built as the raw protobuf: proto-plus would turn the Values into
-        # Python objects and back.
-        raw = prediction_service.PredictRequest.pb()(
-            endpoint=self.model_path(upstream_id),
-            instances=[json_format.ParseDict({"prompt": call.prompt}, struct_pb2.Value())],
-            parameters=json_format.ParseDict(request_parameters(call), struct_pb2.Value()),
-        )
-        request = prediction_service.PredictRequest.wrap(raw)
-
-        async def attempt(budget: float) -> UpstreamResult:
-            try:
-                response = await self.client.predict(request=request, retry=None, timeout=budget)
-            except (api_exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as error:
-                raise error_for_exception(error, upstream_id) from error
-            # Decoding up to four multi-megabyte images is kept off the loop.
-            return await asyncio.to_thread(parse_response, response, call.count)
-
-        return await self._retry.run(
-            lambda: attempt_within(deadline, self._timeout_s, UPSTREAM, attempt), deadline
-        )
-
-    async def _generate_content(self, call: UpstreamCall, deadline: Deadline) -> UpstreamResult:
-        """One Gemini image (GenerateContent), retried within `deadline`."""
-        upstream_id = call.model.upstream_id
-        request = prediction_service.GenerateContentRequest.wrap(
-            generate_content_request(call, self.model_path(upstream_id))
-        )
-
-        async def attempt(budget: float) -> UpstreamResult:
-            try:
-                response = await self.client.generate_content(
-                    request=request, retry=None, timeout=budget
-                )
-            except (api_exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as error:
-                raise error_for_exception(error, upstream_id) from error
-            return parse_generate_content(prediction_service.GenerateContentResponse.pb(response))
-
-        return await self._retry.run(
-            lambda: attempt_within(deadline, self._timeout_s, UPSTREAM, attempt), deadline
-        )
+        if self._vertex is None and _CLIENT_MODULE not in sys.modules:
+            # Concurrent first calls share the one import (Python's import lock).
+            await asyncio.to_thread(importlib.import_module, _CLIENT_MODULE)
+        return await self._ready().run(call, deadline)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._vertex is not None:
+            await self._vertex.aclose()

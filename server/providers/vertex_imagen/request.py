@@ -73,6 +73,11 @@ def output_for(size: Size, tiers: Sequence[str] = TIERS) -> ImagenOutput:
     return ImagenOutput(ratio, fitting[-1], PIXELS[(ratio, fitting[-1])])
 
 
+def model_path(project: str, location: str, upstream_id: str) -> str:
+    """The resource name of a Google publisher model in one project and location."""
+    return f"projects/{project}/locations/{location}/publishers/google/models/{upstream_id}"
+
+
 def request_parameters(call: UpstreamCall) -> dict[str, Any]:
     """The `parameters` struct for `call`, as plain JSON values."""
     if call.operation is not Operation.GENERATE:
