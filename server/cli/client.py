@@ -42,6 +42,12 @@ from server.cli.output import (
     sorted_images,
     to_json,
 )
+from server.operation_names import (
+    EDIT_NUMBER_FIELDS,
+    EDIT_OPERATIONS,
+    EDIT_PIXEL_FIELDS,
+    EDIT_TEXT_FIELDS,
+)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # Image models take minutes; gRPC itself sets no deadline at all.
@@ -61,12 +67,6 @@ CALLER_ERROR_CODES = frozenset(
 )
 
 RESPONSE_FORMATS = {"url": pb.RESPONSE_FORMAT_URL, "b64_json": pb.RESPONSE_FORMAT_INLINE}
-EDIT_OPERATIONS = {
-    "prompt_edit": pb.OPERATION_PROMPT_EDIT,
-    "inpaint": pb.OPERATION_INPAINT,
-    "remove_background": pb.OPERATION_REMOVE_BACKGROUND,
-    "upscale": pb.OPERATION_UPSCALE,
-}
 
 StreamResponse: TypeAlias = pb.StreamGenerateResponse | pb.StreamEditResponse
 
@@ -96,16 +96,25 @@ def _shared_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_edit_request(
-    args: argparse.Namespace, images: Sequence[bytes], mask: bytes | None
+    args: argparse.Namespace,
+    images: Sequence[bytes],
+    mask: bytes | None,
+    style_image: bytes | None = None,
 ) -> pb.EditRequest:
     """The `EditRequest` for parsed `edit` arguments and the files' contents."""
-    return pb.EditRequest(
+    request = pb.EditRequest(
         prompt=args.prompt or "",
         images=images,
         mask=mask or b"",
         operation=EDIT_OPERATIONS[args.operation],
+        style_image=style_image or b"",
         **_shared_fields(args),
     )
+    for name in (*EDIT_TEXT_FIELDS, *EDIT_NUMBER_FIELDS, *EDIT_PIXEL_FIELDS):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(request, name, value)
+    return request
 
 
 # --- RPCs -------------------------------------------------------------------------
@@ -190,10 +199,13 @@ async def edit_command(args: argparse.Namespace) -> int:
     try:
         images = [await asyncio.to_thread(path.read_bytes) for path in args.image]
         mask = await asyncio.to_thread(args.mask.read_bytes) if args.mask else None
+        style_image = (
+            await asyncio.to_thread(args.style_image.read_bytes) if args.style_image else None
+        )
     except OSError as exc:
         print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_CALLER_ERROR
-    request = build_edit_request(args, images, mask)
+    request = build_edit_request(args, images, mask, style_image)
     async with connect(args.target) as stub:
         try:
             return await _print_stream(stub.StreamEdit(request, timeout=args.timeout), args)
@@ -309,6 +321,28 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_edit_options(edit: argparse.ArgumentParser) -> None:
+    """The Stability Image Services' parameters; the service checks which
+    operation takes which (see `EditRequest` in the proto)."""
+    group = edit.add_argument_group("operation parameters")
+    group.add_argument("--search-prompt", help="search_replace: what to replace")
+    group.add_argument("--select-prompt", help="search_recolor: what to recolor")
+    for name, help_text in (
+        ("control-strength", "control_sketch, control_structure: 0 to 1"),
+        ("fidelity", "style_guide: 0 to 1"),
+        ("creativity", "outpaint, creative upscale: 0 to 1"),
+        ("style-strength", "style_transfer: 0 to 1"),
+        ("composition-fidelity", "style_transfer: 0 to 1"),
+        ("change-strength", "style_transfer: 0.1 to 1"),
+    ):
+        group.add_argument(f"--{name}", type=float, metavar="X", help=help_text)
+    for side in EDIT_PIXEL_FIELDS:
+        group.add_argument(f"--{side}", type=int, metavar="PX", help=f"outpaint: pixels {side}")
+    group.add_argument(
+        "--style-image", type=Path, metavar="FILE", help="style_transfer: the style to apply"
+    )
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the client commands `generate`, `edit`, `models` and `get`."""
     common = _connection_options()
@@ -339,14 +373,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="FILE",
         help="input image; repeat for reference images (the first is edited)",
     )
-    edit.add_argument("--mask", type=Path, metavar="FILE", help="inpainting mask")
+    edit.add_argument("--mask", type=Path, metavar="FILE", help="mask for inpaint, erase_object")
     edit.add_argument(
         "--operation",
         choices=list(EDIT_OPERATIONS),
         default="prompt_edit",
         help="default: prompt_edit",
     )
-    edit.add_argument("--prompt", help="required for prompt_edit and inpaint")
+    edit.add_argument(
+        "--prompt",
+        help="required for prompt_edit, inpaint, search_replace, search_recolor, "
+        "control_sketch, control_structure, style_guide",
+    )
+    _add_edit_options(edit)
     _add_output_options(edit)
     edit.set_defaults(func=edit_command)
 

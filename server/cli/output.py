@@ -19,6 +19,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from server.operation_names import operation_name
+
 
 def to_json(message: Message, *, indent: int | None = 2) -> str:
     """`message` as proto3 JSON with the proto's field names and every field.
@@ -44,15 +46,6 @@ def format_usd(amount: str) -> str:
     if not isinstance(exponent, int):  # NaN or infinity
         return amount
     return f"${value:.{max(2, -exponent)}f}"
-
-
-def operation_name(operation: int) -> str:
-    """`OPERATION_PROMPT_EDIT` -> `prompt_edit`, as the CLI spells it."""
-    try:
-        name: str = pb.Operation.Name(operation)
-    except ValueError:
-        return str(operation)
-    return name.removeprefix("OPERATION_").lower()
 
 
 def format_image_line(image: pb.Image) -> str:

@@ -67,6 +67,7 @@ def plan_calls(valid: ValidRequest, seed: int | None) -> list[PlannedCall]:
                 images=valid.images,
                 mask=valid.mask,
                 seed=call_seed,
+                options=valid.options,
             ),
         )
         for first, call_seed in zip(firsts, call_seeds(valid.spec, seed, firsts), strict=True)

@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 
+from server.domain.edit_options import fingerprint_fields
 from server.domain.requests import AnyRequest, EditRequest
 
 
@@ -29,6 +30,10 @@ def fingerprint(request: AnyRequest) -> str:
     if isinstance(request, EditRequest):
         fields["images"] = [hashlib.sha256(i).hexdigest() for i in request.images]
         fields["mask"] = hashlib.sha256(request.mask).hexdigest() if request.mask else None
+        options = fingerprint_fields(request.options)
+        if options:
+            # Only when set, so the digests of earlier requests stay the same.
+            fields["options"] = options
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 

@@ -13,7 +13,7 @@ from typing import Protocol
 from server.domain.catalogue import ModelSpec
 from server.domain.deadline import Deadline
 from server.domain.pricing import TokenUsage
-from server.domain.requests import Operation, Size
+from server.domain.requests import NO_EDIT_OPTIONS, EditOptions, Operation, Size
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class UpstreamCall:
     images: tuple[bytes, ...] = ()
     mask: bytes | None = None
     seed: int | None = None
+    # The operation's own parameters (already validated against the API's
+    # rules; a model's narrower ranges are its backend's to check).
+    options: EditOptions = NO_EDIT_OPTIONS
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,27 @@ _SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 
 
 class Operation(enum.Enum):
-    """What a model can do; the edit operations plus plain generation."""
+    """What a model can do; the edit operations plus plain generation.
+
+    The value is the operation's name on the REST surface and in records;
+    the proto enum is `OPERATION_<NAME>`.
+    """
 
     GENERATE = "generate"
     PROMPT_EDIT = "prompt_edit"
     INPAINT = "inpaint"
     REMOVE_BACKGROUND = "remove_background"
     UPSCALE = "upscale"
+    # The Stability Image Services' further edits (see edit_options.py for
+    # the parameters each takes).
+    ERASE_OBJECT = "erase_object"
+    OUTPAINT = "outpaint"
+    SEARCH_REPLACE = "search_replace"
+    SEARCH_RECOLOR = "search_recolor"
+    CONTROL_SKETCH = "control_sketch"
+    CONTROL_STRUCTURE = "control_structure"
+    STYLE_GUIDE = "style_guide"
+    STYLE_TRANSFER = "style_transfer"
 
 
 class ResponseFormat(enum.Enum):
@@ -88,6 +102,45 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True)
+class EditOptions:
+    """An edit's parameters beyond prompt, images and mask, each used by
+    some operations only (which, and the ranges, are in edit_options.py).
+
+    Unset is the empty string, None, 0 (outpaint margins) or None (style
+    image): the upstream's own default applies.
+    """
+
+    # Search and replace: what to find and replace with the prompt.
+    search_prompt: str = ""
+    # Search and recolor: what to find and recolor as the prompt says.
+    select_prompt: str = ""
+    # Control sketch / structure: how closely the output follows the input.
+    control_strength: float | None = None
+    # Style guide: how closely the output follows the input's style.
+    fidelity: float | None = None
+    # Creative upscale and outpaint: how much the model may invent.
+    creativity: float | None = None
+    # Outpaint: pixels to add on each side.
+    left: int = 0
+    right: int = 0
+    up: int = 0
+    down: int = 0
+    # Style transfer: the image whose style is applied to the input, and
+    # the weights of style, composition and change.
+    style_image: bytes | None = None
+    style_strength: float | None = None
+    composition_fidelity: float | None = None
+    change_strength: float | None = None
+
+    def margins(self) -> dict[str, int]:
+        """The outpaint margins by side: left, right, up, down."""
+        return {"left": self.left, "right": self.right, "up": self.up, "down": self.down}
+
+
+NO_EDIT_OPTIONS = EditOptions()
+
+
+@dataclass(frozen=True)
 class EditRequest:
     """An edit request as the caller sent it (not yet validated)."""
 
@@ -101,6 +154,7 @@ class EditRequest:
     response_format: ResponseFormat = ResponseFormat.URL
     request_id: str = ""
     seed: int | None = None
+    options: EditOptions = NO_EDIT_OPTIONS
 
 
 AnyRequest = GenerateRequest | EditRequest

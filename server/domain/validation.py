@@ -10,13 +10,22 @@ import asyncio
 from dataclasses import dataclass
 
 from server.domain.catalogue import ModelSpec
+from server.domain.edit_options import MASKED, PROMPTED, check_edit_options
 from server.domain.errors import CapabilityNotSupported, FieldViolation, InvalidArgument
 from server.domain.imaging import MAX_INPUT_PIXELS, ImageTooLarge, inspect, mask_to_grayscale
-from server.domain.requests import DEFAULT_SIZE, AnyRequest, EditRequest, Operation, Size
+from server.domain.requests import (
+    DEFAULT_SIZE,
+    NO_EDIT_OPTIONS,
+    AnyRequest,
+    EditOptions,
+    EditRequest,
+    Operation,
+    Size,
+)
 
 MAX_PROMPT_CHARS = 4000
 MAX_REQUEST_ID_CHARS = 128
-_PROMPTED = {Operation.GENERATE, Operation.PROMPT_EDIT, Operation.INPAINT}
+_PROMPTED = {Operation.GENERATE, Operation.PROMPT_EDIT, Operation.INPAINT, *PROMPTED}
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class ValidRequest:
     n: int
     images: tuple[bytes, ...] = ()
     mask: bytes | None = None
+    options: EditOptions = NO_EDIT_OPTIONS
 
 
 def check_model_name(model: str) -> None:
@@ -82,11 +92,14 @@ def validate(request: AnyRequest, spec: ModelSpec) -> ValidRequest:
     size = _check_size(request, spec, violations)
     images: tuple[bytes, ...] = ()
     mask: bytes | None = None
+    options = NO_EDIT_OPTIONS
     if isinstance(request, EditRequest):
         images, mask = _check_edit_inputs(request, violations)
+        check_edit_options(operation, request.options, violations)
+        options = request.options
     if violations:
         raise InvalidArgument(violations)
-    return ValidRequest(spec, operation, prompt, size, n, images, mask)
+    return ValidRequest(spec, operation, prompt, size, n, images, mask, options)
 
 
 def _check_size(request: AnyRequest, spec: ModelSpec, out: list[FieldViolation]) -> Size | None:
@@ -124,11 +137,12 @@ def _check_edit_inputs(
         if i == 0:
             first_size = (info.width, info.height)
     mask: bytes | None = None
-    if request.operation is Operation.INPAINT and not request.mask:
-        out.append(FieldViolation("mask", "is required for inpaint"))
-    elif request.mask and request.operation is not Operation.INPAINT:
+    if request.operation in MASKED and not request.mask:
+        out.append(FieldViolation("mask", f"is required for {request.operation.value}"))
+    elif request.mask and request.operation not in MASKED:
         # A mask that would be silently ignored is a caller bug worth naming.
-        out.append(FieldViolation("mask", "is only used by the inpaint operation"))
+        masked = ", ".join(sorted(op.value for op in MASKED))
+        out.append(FieldViolation("mask", f"is only used by the {masked} operations"))
     elif request.mask:
         try:
             mask, width, height = mask_to_grayscale(request.mask)

@@ -15,6 +15,7 @@ while reading, before anything is buffered beyond it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,12 @@ from chuizi.image.v1 import image_service_pb2 as pb
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from server.operation_names import (
+    EDIT_NUMBER_FIELDS,
+    EDIT_OPERATIONS,
+    EDIT_PIXEL_FIELDS,
+    EDIT_TEXT_FIELDS,
+)
 from server.rest.errors import (
     INVALID_IMAGE_FORMAT,
     INVALID_JSON,
@@ -52,12 +59,8 @@ _MAX_INT_DIGITS = 40
 _JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 
 _RESPONSE_FORMATS = {"url": pb.RESPONSE_FORMAT_URL, "b64_json": pb.RESPONSE_FORMAT_INLINE}
-EDIT_OPERATIONS = {
-    "prompt_edit": pb.OPERATION_PROMPT_EDIT,
-    "inpaint": pb.OPERATION_INPAINT,
-    "remove_background": pb.OPERATION_REMOVE_BACKGROUND,
-    "upscale": pb.OPERATION_UPSCALE,
-}
+# File parts sent at most once, and how a message names them.
+_SINGLE_FILES = {"mask": "mask", "style_image": "style image"}
 # `image`, `image[]` (the OpenAI SDK's list encoding) and `image[0]`, `image[1]`...
 _IMAGE_PART = re.compile(r"^image(\[\d*\])?$")
 _INTEGER = re.compile(r"^\s*[+-]?(?P<digits>[0-9]+)\s*$")
@@ -317,7 +320,8 @@ class _FormCollector:
 
 def _edit_from_form(form: _FormCollector) -> Edit:
     images: list[bytes] = []
-    mask: bytes | None = None
+    # The one-file parts, `mask` and `style_image`.
+    singles: dict[str, bytes] = {}
     fields: dict[str, str] = {}
     for part in form.parts:
         if _IMAGE_PART.match(part.name):
@@ -327,10 +331,11 @@ def _edit_from_form(form: _FormCollector) -> Edit:
                 )
             param = "image" if not images else f"image[{len(images)}]"
             images.append(_image(part, param))
-        elif part.name == "mask":
-            if mask is not None:
-                raise RestError(400, "Only one mask can be sent.", param="mask")
-            mask = _image(part, "mask")
+        elif part.name in _SINGLE_FILES:
+            if part.name in singles:
+                label = _SINGLE_FILES[part.name]
+                raise RestError(400, f"Only one {label} can be sent.", param=part.name)
+            singles[part.name] = _image(part, part.name)
         elif not part.has_filename:
             if part.name in fields:
                 raise RestError(400, f"'{part.name}' is given more than once.", param=part.name)
@@ -343,6 +348,7 @@ def _edit_from_form(form: _FormCollector) -> Edit:
             "(or repeated 'image[]' parts).",
             param="image",
         )
+    mask = singles.get("mask")
     request = pb.EditRequest(
         model=_string(fields, "model") or "",
         prompt=_string(fields, "prompt") or "",
@@ -357,7 +363,45 @@ def _edit_from_form(form: _FormCollector) -> Edit:
     seed = _integer(fields, "seed", form=True)
     if seed is not None:
         request.seed = _check_seed(seed)
+    _edit_options(fields, singles.get("style_image"), request)
     return Edit(request, _boolean(fields, "stream", form=True))
+
+
+def _edit_options(
+    fields: Mapping[str, str], style_image: bytes | None, request: pb.EditRequest
+) -> None:
+    """The operation parameters' shapes; ranges, and which operation takes
+    which, are the service's to check."""
+    for name in EDIT_TEXT_FIELDS:
+        text = _string(fields, name)
+        if text is not None:
+            setattr(request, name, text)
+    for name in EDIT_NUMBER_FIELDS:
+        number = _number(fields, name)
+        if number is not None:
+            setattr(request, name, number)
+    for name in EDIT_PIXEL_FIELDS:
+        pixels = _integer(fields, name, form=True)
+        if pixels is not None:
+            if not -_MAX_INT32 <= pixels <= _MAX_INT32:
+                raise RestError(400, f"'{name}' is out of range.", param=name)
+            setattr(request, name, pixels)
+    if style_image is not None:
+        request.style_image = style_image
+
+
+def _number(fields: Mapping[str, str], name: str) -> float | None:
+    """A form field holding a finite decimal number, like `0.35`."""
+    value = fields.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise RestError(400, f"'{name}' must be a number.", param=name) from None
+    if not math.isfinite(number):
+        raise RestError(400, f"'{name}' must be a finite number.", param=name)
+    return number
 
 
 def _part_param(name: str) -> str:

@@ -28,15 +28,8 @@ from chuizi.image.v1 import image_service_pb2 as pb
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from server.operation_names import operation_name
 from server.rest.errors import public_code
-
-_OPERATION_NAMES = {
-    pb.OPERATION_GENERATE: "generate",
-    pb.OPERATION_PROMPT_EDIT: "prompt_edit",
-    pb.OPERATION_INPAINT: "inpaint",
-    pb.OPERATION_REMOVE_BACKGROUND: "remove_background",
-    pb.OPERATION_UPSCALE: "upscale",
-}
 
 
 def dumps(value: object) -> str:
@@ -183,7 +176,7 @@ def model_object(model: pb.Model) -> dict[str, object]:
         "sizes": list(model.sizes),
         "images_per_call": model.images_per_call,
         "max_images_per_request": model.max_images_per_request,
-        "operations": [_OPERATION_NAMES.get(op, str(op)) for op in model.operations],
+        "operations": [operation_name(op) for op in model.operations],
         "price_per_image": model.price_per_image or None,
         "configured": model.configured,
         "status": _MODEL_STATUS_NAMES.get(model.status, "active"),

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from chuizi.image.v1 import image_service_pb2 as pb
 
 from server.domain.backends import ModelListing
 from server.domain.catalogue import Lifecycle
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.records import DeliveredImage, GenerationRecord, format_cost
-from server.domain.requests import EditRequest, GenerateRequest, Operation, ResponseFormat
+from server.domain.requests import (
+    EditOptions,
+    EditRequest,
+    GenerateRequest,
+    Operation,
+    ResponseFormat,
+)
 
-_OPERATION_TO_PB = {
-    Operation.GENERATE: pb.OPERATION_GENERATE,
-    Operation.PROMPT_EDIT: pb.OPERATION_PROMPT_EDIT,
-    Operation.INPAINT: pb.OPERATION_INPAINT,
-    Operation.REMOVE_BACKGROUND: pb.OPERATION_REMOVE_BACKGROUND,
-    Operation.UPSCALE: pb.OPERATION_UPSCALE,
+# The proto enum is `OPERATION_<NAME>` for each domain operation.
+_OPERATION_TO_PB: dict[Operation, pb.Operation] = {
+    op: cast(pb.Operation, pb.Operation.Value(f"OPERATION_{op.name}")) for op in Operation
 }
 _EDIT_OPERATIONS: dict[int, Operation] = {
     pb.OPERATION_UNSPECIFIED: Operation.PROMPT_EDIT,
-    pb.OPERATION_PROMPT_EDIT: Operation.PROMPT_EDIT,
-    pb.OPERATION_INPAINT: Operation.INPAINT,
-    pb.OPERATION_REMOVE_BACKGROUND: Operation.REMOVE_BACKGROUND,
-    pb.OPERATION_UPSCALE: Operation.UPSCALE,
+    **{value: op for op, value in _OPERATION_TO_PB.items() if op is not Operation.GENERATE},
 }
 _STATUS_TO_PB = {
     Lifecycle.ACTIVE: pb.MODEL_STATUS_ACTIVE,
@@ -74,6 +76,31 @@ def edit_request(request: pb.EditRequest) -> EditRequest:
         response_format=_response_format(request.response_format),
         request_id=request.request_id,
         seed=request.seed if request.HasField("seed") else None,
+        options=_edit_options(request),
+    )
+
+
+def _optional_float(request: pb.EditRequest, name: str) -> float | None:
+    # A proto float is 32-bit: 0.3 arrives as 0.30000001192...; six places
+    # give back the number the caller wrote.
+    return round(getattr(request, name), 6) if request.HasField(name) else None
+
+
+def _edit_options(request: pb.EditRequest) -> EditOptions:
+    return EditOptions(
+        search_prompt=request.search_prompt,
+        select_prompt=request.select_prompt,
+        control_strength=_optional_float(request, "control_strength"),
+        fidelity=_optional_float(request, "fidelity"),
+        creativity=_optional_float(request, "creativity"),
+        left=request.left,
+        right=request.right,
+        up=request.up,
+        down=request.down,
+        style_image=request.style_image or None,
+        style_strength=_optional_float(request, "style_strength"),
+        composition_fidelity=_optional_float(request, "composition_fidelity"),
+        change_strength=_optional_float(request, "change_strength"),
     )
 
 

@@ -142,3 +142,56 @@ async def test_edit_models_and_errors_through_the_cli(dev: Dev) -> None:
     )
     assert code == 2
     assert "INVALID_ARGUMENT" in err and "size" in err
+
+
+async def test_image_services_edits_take_their_parameters(dev: Dev) -> None:
+    source = dev.workdir / "photo.png"
+    source.write_bytes(png(300, 200))
+    style = dev.workdir / "style.png"
+    style.write_bytes(png(128, 128, color=(10, 200, 10)))
+    common = ("edit", "--target", dev.grpc_target, "--image", str(source), "--json")
+
+    code, out, err = await _run(
+        *common,
+        "--model",
+        "bedrock/stability-outpaint",
+        "--operation",
+        "outpaint",
+        "--left",
+        "50",
+        "--down",
+        "20",
+        "--creativity",
+        "0.3",
+        cwd=dev.workdir,
+    )
+    assert code == 0, err
+    assert '"width": 350' in out and '"height": 220' in out
+
+    code, out, err = await _run(
+        *common,
+        "--model",
+        "bedrock/stability-style-transfer",
+        "--operation",
+        "style_transfer",
+        "--style-image",
+        str(style),
+        "--style-strength",
+        "0.8",
+        cwd=dev.workdir,
+    )
+    assert code == 0, err
+    assert '"width": 300' in out
+
+    code, out, err = await _run(
+        *common,
+        "--model",
+        "bedrock/stability-search-replace",
+        "--operation",
+        "search_replace",
+        "--prompt",
+        "a dog",
+        cwd=dev.workdir,
+    )
+    assert code == 2
+    assert "INVALID_ARGUMENT" in err and "search_prompt" in err

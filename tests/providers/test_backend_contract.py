@@ -35,15 +35,18 @@ from server.domain.errors import (
     UpstreamUnavailable,
 )
 from server.domain.ports import ImageBackend, UpstreamCall
-from server.domain.requests import Size
+from server.domain.requests import Operation, Size
 from server.sandbox import azure_flux, azure_mai, bailian_wan, bedrock_stability, vertex_imagen
 from server.sandbox.faults import FaultMode, FaultPlan
 from server.sandbox.server import SandboxServer
 from tests.providers import backends
 from tests.providers.conftest import FAST_RETRY
+from tests.support.image_services import CASES, ServiceCase
 
 CATALOGUE = Catalogue.load()
 PROMPT = "a red fox in an autumn forest"
+# Operations whose upstream body has no prompt.
+PROMPTLESS = frozenset({Operation.ERASE_OBJECT})
 # The credential a harness's `refused` backend presents instead of the sandbox's.
 REFUSED_SECRET = "not-the-sandbox-secret"
 
@@ -140,14 +143,20 @@ class Harness:
     keeps_cause: bool = False
     # The test id, when one backend has two rows (two upstream APIs).
     label: str = ""
+    # An edit to make instead of generating (the Image Services rows).
+    edit: ServiceCase | None = None
 
     @property
     def id(self) -> str:
+        if self.edit is not None:
+            return f"{self.name}-{self.edit.id}"
         return self.label or self.name
 
     @property
     def call(self) -> UpstreamCall:
-        """A minimal valid call: one image from a prompt."""
+        """A minimal valid call: one image from a prompt (or the row's edit)."""
+        if self.edit is not None:
+            return self.edit.call(seed=None)
         return UpstreamCall(
             model=CATALOGUE.get(self.model), prompt=PROMPT, size=Size(1024, 1024), count=1
         )
@@ -166,6 +175,37 @@ def code(upstream_code: str | None, status: str | None = None) -> Expect:
     if status is not None:
         metadata["upstream_status"] = status
     return Expect(metadata)
+
+
+BEDROCK = Harness(
+    name="bedrock_stability",
+    model="bedrock/stability-stable-image-core",
+    build=backends.bedrock_stability,
+    refused=refused_bedrock,
+    auth=Expect({"upstream_code": "InvalidSignatureException"}, says=("AWS credentials",)),
+    bad_request=code("ValidationException", "400"),
+    rate_limited=code("ThrottlingException", "429"),
+    server_errors={
+        "": code("InternalServerException"),
+        bedrock_stability.UNAVAILABLE: code("ServiceUnavailableException"),
+        bedrock_stability.MODEL_ERROR: code("ModelErrorException"),
+        # A 200 whose finish reason is an inference error.
+        bedrock_stability.INFERENCE_ERROR: code(None),
+    },
+    content_filters={
+        "": Expect({"filter": "prompt"}, says=("prompt",)),
+        bedrock_stability.CONTENT_FILTER_INPUT: Expect(
+            {"filter": "input image"}, says=("input image",)
+        ),
+        bedrock_stability.CONTENT_FILTER_OUTPUT: Expect(
+            {"filter": "output image"}, says=("output image",)
+        ),
+    },
+    retry_after_sent=math.ceil,
+    # boto3 cannot abort a request on the wire: it stays open upstream,
+    # but nothing more is sent.
+    abandoned=(0, 1),
+)
 
 
 HARNESSES = (
@@ -214,35 +254,8 @@ HARNESSES = (
         hold=hold_wan_submission,
         retry_after_sent=math.ceil,
     ),
-    Harness(
-        name="bedrock_stability",
-        model="bedrock/stability-stable-image-core",
-        build=backends.bedrock_stability,
-        refused=refused_bedrock,
-        auth=Expect({"upstream_code": "InvalidSignatureException"}, says=("AWS credentials",)),
-        bad_request=code("ValidationException", "400"),
-        rate_limited=code("ThrottlingException", "429"),
-        server_errors={
-            "": code("InternalServerException"),
-            bedrock_stability.UNAVAILABLE: code("ServiceUnavailableException"),
-            bedrock_stability.MODEL_ERROR: code("ModelErrorException"),
-            # A 200 whose finish reason is an inference error.
-            bedrock_stability.INFERENCE_ERROR: code(None),
-        },
-        content_filters={
-            "": Expect({"filter": "prompt"}, says=("prompt",)),
-            bedrock_stability.CONTENT_FILTER_INPUT: Expect(
-                {"filter": "input image"}, says=("input image",)
-            ),
-            bedrock_stability.CONTENT_FILTER_OUTPUT: Expect(
-                {"filter": "output image"}, says=("output image",)
-            ),
-        },
-        retry_after_sent=math.ceil,
-        # boto3 cannot abort a request on the wire: it stays open upstream,
-        # but nothing more is sent.
-        abandoned=(0, 1),
-    ),
+    BEDROCK,
+    *(replace(BEDROCK, model=case.model, edit=case) for case in CASES),
     Harness(
         name="vertex_imagen",
         model="google/imagen-4.0",
@@ -333,6 +346,8 @@ def inject(
     if via == "plan":
         faults.push(mode, variant=variant, times=3)
         return call
+    if call.operation in PROMPTLESS:
+        pytest.skip(f"{call.operation.value} sends no prompt to carry the directives")
     directives = f" [sandbox:fault={mode.value}] [sandbox:variant={variant}]"
     return replace(call, prompt=call.prompt + directives)
 

@@ -400,3 +400,79 @@ async def test_unsigned_and_non_sigv4_requests_are_refused(sandbox: SandboxServe
         )
         assert forged.status_code == 403
         assert forged.headers["x-amzn-errortype"].startswith("InvalidSignatureException:")
+
+
+# --- the Image Services added in issue 15 ---------------------------------------------
+
+ERASE = "us.stability.stable-image-erase-object-v1:0"
+OUTPAINT = "us.stability.stable-outpaint-v1:0"
+SEARCH_REPLACE = "us.stability.stable-image-search-replace-v1:0"
+SEARCH_RECOLOR = "us.stability.stable-image-search-recolor-v1:0"
+SKETCH = "us.stability.stable-image-control-sketch-v1:0"
+STYLE_GUIDE = "us.stability.stable-image-style-guide-v1:0"
+STYLE_TRANSFER = "us.stability.stable-style-transfer-v1:0"
+CREATIVE_UPSCALE = "us.stability.stable-creative-upscale-v1:0"
+
+
+@pytest.mark.parametrize(
+    ("model_id", "body", "needle"),
+    [
+        (OUTPAINT, {"image": b64(png())}, "at least one of [left, right, up, down]"),
+        (OUTPAINT, {"image": b64(png()), "left": 2001}, "left"),
+        (OUTPAINT, {"image": b64(png()), "left": 1.5}, "Integer"),
+        (OUTPAINT, {"image": b64(png()), "up": 10, "creativity": 1.2}, "creativity"),
+        (SEARCH_REPLACE, {"image": b64(png()), "prompt": "a dog"}, "required key [search_prompt]"),
+        (
+            SEARCH_RECOLOR,
+            {"image": b64(png()), "prompt": "red", "search_prompt": "x"},
+            "extraneous",
+        ),
+        (SKETCH, {"image": b64(png()), "prompt": "x", "control_strength": 2}, "control_strength"),
+        (STYLE_GUIDE, {"image": b64(png()), "prompt": "x", "aspect_ratio": "4:3"}, "aspect_ratio"),
+        (
+            STYLE_TRANSFER,
+            {"image": b64(png()), "style_image": b64(png())},
+            "extraneous key [image]",
+        ),
+        (STYLE_TRANSFER, {"init_image": b64(png())}, "required key [style_image]"),
+        (
+            STYLE_TRANSFER,
+            {"init_image": b64(png()), "style_image": b64(png()), "change_strength": 0.05},
+            "change_strength",
+        ),
+        (CREATIVE_UPSCALE, {"image": b64(png()), "prompt": "x", "creativity": 0.6}, "creativity"),
+        (CREATIVE_UPSCALE, {"image": b64(png(1200, 1000)), "prompt": "x"}, "pixels"),
+        (ERASE, {"image": b64(png()), "prompt": "x"}, "extraneous key [prompt]"),
+        (ERASE, {"image": b64(png(64, 64)), "mask": b64(gray_mask(64, 65))}, "same dimensions"),
+    ],
+)
+async def test_image_services_bodies_are_checked_like_bedrock(
+    brt: Any, model_id: str, body: dict[str, Any], needle: str
+) -> None:
+    error = await invoke_error(brt, model_id, body)
+    assert error.response["Error"]["Code"] == "ValidationException"
+    assert needle in error.response["Error"]["Message"]
+
+
+async def test_outpaint_extends_the_canvas_and_keeps_the_input(brt: Any) -> None:
+    source = png(100, 80, color=(0, 0, 255))
+    picture = decode(await invoke(brt, OUTPAINT, {"image": b64(source), "left": 30, "down": 20}))
+    assert picture.size == (130, 100)
+    # The input sits where the margins put it.
+    assert picture.convert("RGB").getpixel((60, 10)) == (0, 0, 255)
+
+
+async def test_erase_fills_the_masked_area(brt: Any) -> None:
+    source = png(64, 64, color=(250, 0, 0))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    out = io.BytesIO()
+    mask.save(out, format="PNG")
+    picture = decode(await invoke(brt, ERASE, {"image": b64(source), "mask": b64(out.getvalue())}))
+    assert picture.size == (64, 64)
+    assert picture.convert("RGB").getpixel((48, 10)) == (250, 0, 0)
+
+
+async def test_style_guide_renders_at_the_ratio(brt: Any) -> None:
+    body = {"image": b64(png()), "prompt": "a lighthouse", "aspect_ratio": "9:16"}
+    assert decode(await invoke(brt, STYLE_GUIDE, body)).size == (768, 1344)

@@ -16,9 +16,9 @@ from starlette.routing import BaseRoute, Route
 
 from server.sandbox.bedrock_stability.errors import error_response, fault_response
 from server.sandbox.bedrock_stability.models import MODELS, base_model_id
-from server.sandbox.bedrock_stability.rendering import render
+from server.sandbox.bedrock_stability.services import render, validate
 from server.sandbox.bedrock_stability.sigv4 import AuthError, verify_sigv4
-from server.sandbox.bedrock_stability.validation import Invalid, validate
+from server.sandbox.bedrock_stability.validation import Invalid
 from server.sandbox.faults import Exchange, FaultMode, FaultPlan
 
 # Well-known sandbox credentials, not secrets: they only open the emulator.

@@ -9,8 +9,37 @@ from typing import Literal
 _GEO_PREFIXES = ("us.", "eu.", "apac.", "global.", "us-gov.")
 
 Kind = Literal[
-    "sd3", "core", "ultra", "remove_background", "inpaint", "fast_upscale", "conservative_upscale"
+    "sd3",
+    "core",
+    "ultra",
+    "remove_background",
+    "inpaint",
+    "fast_upscale",
+    "conservative_upscale",
+    "creative_upscale",
+    "erase_object",
+    "outpaint",
+    "search_replace",
+    "search_recolor",
+    "control_sketch",
+    "control_structure",
+    "style_guide",
+    "style_transfer",
 ]
+# The Image Services whose bodies and pictures services.py handles.
+SERVICE_KINDS: frozenset[Kind] = frozenset(
+    {
+        "creative_upscale",
+        "erase_object",
+        "outpaint",
+        "search_replace",
+        "search_recolor",
+        "control_sketch",
+        "control_structure",
+        "style_guide",
+        "style_transfer",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +67,90 @@ class StabilityModel:
 NO_SIDE_LIMIT = 1 << 16
 _T2I_KEYS = frozenset({"prompt", "negative_prompt", "aspect_ratio", "seed", "output_format"})
 _WIDE = ImageLimits(64, NO_SIDE_LIMIT, 4_096, 9_437_184)
+# The keys most Image Services share beside their own.
+_SERVICE_KEYS = frozenset(
+    {"image", "prompt", "negative_prompt", "seed", "output_format", "style_preset"}
+)
+_IMAGE_PROMPT = frozenset({"image", "prompt"})
+_SERVICES = (
+    StabilityModel(
+        "stability.stable-creative-upscale-v1:0",
+        "creative_upscale",
+        _SERVICE_KEYS | {"creativity"},
+        _IMAGE_PROMPT,
+        # 64x64 up to one megapixel in; about 4K out.
+        ImageLimits(64, NO_SIDE_LIMIT, 4_096, 1_048_576, max_ratio=2.5),
+    ),
+    StabilityModel(
+        "stability.stable-image-erase-object-v1:0",
+        "erase_object",
+        frozenset({"image", "mask", "grow_mask", "seed", "output_format"}),
+        # The mask may be left out: the image's alpha channel is used then.
+        frozenset({"image"}),
+        _WIDE,
+    ),
+    StabilityModel(
+        "stability.stable-outpaint-v1:0",
+        "outpaint",
+        _SERVICE_KEYS | {"left", "right", "up", "down", "creativity"},
+        frozenset({"image"}),
+        _WIDE,
+    ),
+    StabilityModel(
+        "stability.stable-image-search-replace-v1:0",
+        "search_replace",
+        _SERVICE_KEYS | {"search_prompt", "grow_mask"},
+        _IMAGE_PROMPT | {"search_prompt"},
+        _WIDE,
+    ),
+    StabilityModel(
+        "stability.stable-image-search-recolor-v1:0",
+        "search_recolor",
+        _SERVICE_KEYS | {"select_prompt", "grow_mask"},
+        _IMAGE_PROMPT | {"select_prompt"},
+        _WIDE,
+    ),
+    StabilityModel(
+        "stability.stable-image-control-sketch-v1:0",
+        "control_sketch",
+        _SERVICE_KEYS | {"control_strength"},
+        _IMAGE_PROMPT,
+        replace(_WIDE, max_ratio=2.5),
+    ),
+    StabilityModel(
+        "stability.stable-image-control-structure-v1:0",
+        "control_structure",
+        _SERVICE_KEYS | {"control_strength"},
+        _IMAGE_PROMPT,
+        replace(_WIDE, max_ratio=2.5),
+    ),
+    StabilityModel(
+        "stability.stable-image-style-guide-v1:0",
+        "style_guide",
+        _SERVICE_KEYS | {"fidelity", "aspect_ratio"},
+        _IMAGE_PROMPT,
+        replace(_WIDE, max_ratio=2.5),
+    ),
+    StabilityModel(
+        "stability.stable-style-transfer-v1:0",
+        "style_transfer",
+        frozenset(
+            {
+                "init_image",
+                "style_image",
+                "prompt",
+                "negative_prompt",
+                "style_strength",
+                "composition_fidelity",
+                "change_strength",
+                "seed",
+                "output_format",
+            }
+        ),
+        frozenset({"init_image", "style_image"}),
+        _WIDE,
+    ),
+)
 MODELS: dict[str, StabilityModel] = {
     m.model_id: m
     for m in (
@@ -107,6 +220,7 @@ MODELS: dict[str, StabilityModel] = {
             frozenset({"image", "prompt"}),
             replace(_WIDE, max_ratio=2.5),
         ),
+        *_SERVICES,
     )
 }
 

@@ -18,7 +18,7 @@ from server.sandbox.faults import strip_directives
 from server.sandbox.render import render_image
 
 
-def _encode(image: Image.Image, output_format: str) -> bytes:
+def encode(image: Image.Image, output_format: str) -> bytes:
     out = io.BytesIO()
     if output_format == "jpeg":
         image.convert("RGB").save(out, format="JPEG", quality=85)
@@ -29,7 +29,7 @@ def _encode(image: Image.Image, output_format: str) -> bytes:
     return out.getvalue()
 
 
-def _label(image: Image.Image, text: str) -> None:
+def label(image: Image.Image, text: str) -> None:
     draw = ImageDraw.Draw(image)
     size = max(8, min(image.size) // 40)
     font = ImageFont.load_default(size=size)
@@ -73,7 +73,7 @@ def _upscale(job: Job, image: Image.Image) -> Image.Image:
     text = f"sandbox {kind} upscale {job.width}x{job.height}"
     if job.prompt:
         text += f": {strip_directives(job.prompt)[:80]}"
-    _label(scaled, text)
+    label(scaled, text)
     return scaled
 
 
@@ -98,7 +98,7 @@ def render(job: Job) -> dict[str, Any]:
             picture = _open(
                 render_image(job.width, job.height, strip_directives(job.prompt), label=label)
             )
-    data = _encode(picture, job.output_format)
+    data = encode(picture, job.output_format)
     return {
         "seeds": [job.seed],
         "finish_reasons": [None],

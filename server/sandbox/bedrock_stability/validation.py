@@ -76,51 +76,56 @@ class Job:
     seed: int
     image: bytes | None = None
     mask: bytes | None = None
+    # Image Services extras (services.py): where the input sits in an
+    # outpainted canvas, the style image, and what to write on the result.
+    offset: tuple[int, int] = (0, 0)
+    style: bytes | None = None
+    detail: str = ""
 
 
 class Invalid(Exception):
     """The body breaks the model's schema; the message is the 400's."""
 
 
-def _malformed(detail: str) -> Invalid:
+def malformed(detail: str) -> Invalid:
     return Invalid(f"Malformed input request: {detail}, please reformat your input and try again.")
 
 
-def _string(body: dict[str, Any], key: str, *, required: bool) -> str | None:
+def string_field(body: dict[str, Any], key: str, *, required: bool) -> str | None:
     value = body.get(key)
     if value is None:
         if required:
-            raise _malformed(f"#: required key [{key}] not found")
+            raise malformed(f"#: required key [{key}] not found")
         return None
     if not isinstance(value, str):
-        raise _malformed(f"#/{key}: expected type: String, found: {type(value).__name__}")
+        raise malformed(f"#/{key}: expected type: String, found: {type(value).__name__}")
     if required and not value.strip():
-        raise _malformed(f"#/{key}: expected minLength: 1, actual: 0")
+        raise malformed(f"#/{key}: expected minLength: 1, actual: 0")
     if len(value) > MAX_PROMPT:
-        raise _malformed(f"#/{key}: expected maxLength: {MAX_PROMPT}, actual: {len(value)}")
+        raise malformed(f"#/{key}: expected maxLength: {MAX_PROMPT}, actual: {len(value)}")
     return value
 
 
-def _number(body: dict[str, Any], key: str, low: float, high: float, *, integer: bool) -> Any:
+def number_field(body: dict[str, Any], key: str, low: float, high: float, *, integer: bool) -> Any:
     value = body.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _malformed(f"#/{key}: expected type: Number, found: {type(value).__name__}")
+        raise malformed(f"#/{key}: expected type: Number, found: {type(value).__name__}")
     if integer and not float(value).is_integer():
-        raise _malformed(f"#/{key}: expected type: Integer, found: Number")
+        raise malformed(f"#/{key}: expected type: Integer, found: Number")
     if not low <= value <= high:
-        raise _malformed(f"#/{key}: {value} is not between {low:g} and {high:g}")
+        raise malformed(f"#/{key}: {value} is not between {low:g} and {high:g}")
     return int(value) if integer else float(value)
 
 
-def _decode_image(key: str, value: Any, limits: ImageLimits) -> tuple[bytes, int, int, str]:
+def decode_image(key: str, value: Any, limits: ImageLimits) -> tuple[bytes, int, int, str]:
     if not isinstance(value, str) or value.startswith(("data:", "http://", "https://")):
-        raise _malformed(f"#/{key}: expected a base64-encoded image string")
+        raise malformed(f"#/{key}: expected a base64-encoded image string")
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise _malformed(f"#/{key}: is not valid base64") from None
+        raise malformed(f"#/{key}: is not valid base64") from None
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()
@@ -151,14 +156,14 @@ def _output_format(model: StabilityModel, body: dict[str, Any]) -> str:
     value = body.get("output_format", "png")
     allowed = {"png", "webp"} if model.kind == "remove_background" else _FORMATS
     if value not in allowed:
-        raise _malformed(f"#/output_format: {value} is not a valid enum value")
+        raise malformed(f"#/output_format: {value} is not a valid enum value")
     return str(value)
 
 
-def _text_to_image_size(body: dict[str, Any]) -> tuple[int, int]:
+def text_to_image_size(body: dict[str, Any]) -> tuple[int, int]:
     ratio = body.get("aspect_ratio", "1:1")
     if ratio not in ASPECT_RATIOS:
-        raise _malformed(f"#/aspect_ratio: {ratio} is not a valid enum value")
+        raise malformed(f"#/aspect_ratio: {ratio} is not a valid enum value")
     return OUTPUT_SIZES[ratio]
 
 
@@ -173,31 +178,31 @@ def _nearest_output(width: int, height: int) -> tuple[int, int]:
 def _sd3_job(model: StabilityModel, body: dict[str, Any], common: dict[str, Any]) -> Job:
     mode = body.get("mode", "text-to-image")
     if mode not in ("text-to-image", "image-to-image"):
-        raise _malformed(f"#/mode: {mode} is not a valid enum value")
+        raise malformed(f"#/mode: {mode} is not a valid enum value")
     if mode == "text-to-image":
         for key in ("image", "strength"):
             if key in body:
-                raise _malformed(f"#: {key} is only allowed with mode image-to-image")
-        width, height = _text_to_image_size(body)
+                raise malformed(f"#: {key} is only allowed with mode image-to-image")
+        width, height = text_to_image_size(body)
         return Job(model, width=width, height=height, **common)
     if "aspect_ratio" in body:
-        raise _malformed("#: aspect_ratio is not allowed with mode image-to-image")
-    if _number(body, "strength", 0, 1, integer=False) is None:
-        raise _malformed("#: required key [strength] not found")
+        raise malformed("#: aspect_ratio is not allowed with mode image-to-image")
+    if number_field(body, "strength", 0, 1, integer=False) is None:
+        raise malformed("#: required key [strength] not found")
     if "image" not in body or model.image_limits is None:
-        raise _malformed("#: required key [image] not found")
-    data, width, height, _ = _decode_image("image", body["image"], model.image_limits)
+        raise malformed("#: required key [image] not found")
+    data, width, height, _ = decode_image("image", body["image"], model.image_limits)
     out_w, out_h = _nearest_output(width, height)
     return Job(model, width=out_w, height=out_h, image=data, **common)
 
 
 def _edit_job(model: StabilityModel, body: dict[str, Any], common: dict[str, Any]) -> Job:
     assert model.image_limits is not None
-    data, width, height, _ = _decode_image("image", body["image"], model.image_limits)
+    data, width, height, _ = decode_image("image", body["image"], model.image_limits)
     mask: bytes | None = None
     if model.kind == "inpaint":
-        _number(body, "grow_mask", 0, 20, integer=True)
-        mask, mask_w, mask_h, _ = _decode_image("mask", body["mask"], model.image_limits)
+        number_field(body, "grow_mask", 0, 20, integer=True)
+        mask, mask_w, mask_h, _ = decode_image("mask", body["mask"], model.image_limits)
         if (mask_w, mask_h) != (width, height):
             raise Invalid(
                 f"The mask is {mask_w}x{mask_h} but the image is {width}x{height}; "
@@ -206,36 +211,42 @@ def _edit_job(model: StabilityModel, body: dict[str, Any], common: dict[str, Any
     if model.kind == "fast_upscale":
         width, height = width * UPSCALE_FACTOR, height * UPSCALE_FACTOR
     elif model.kind == "conservative_upscale":
-        _number(body, "creativity", 0.2, 0.5, integer=False)
+        number_field(body, "creativity", 0.2, 0.5, integer=False)
         scale = max(1.0, min(UPSCALE_FACTOR, CONSERVATIVE_MAX_SIDE / max(width, height)))
         width, height = round(width * scale), round(height * scale)
     return Job(model, width=width, height=height, image=data, mask=mask, **common)
 
 
-def validate(model: StabilityModel, body: Any) -> Job:
-    """The job `body` asks `model` for; `Invalid` with Bedrock's message if malformed."""
+def check_common(model: StabilityModel, body: Any) -> dict[str, Any]:
+    """What every model checks alike (keys, required keys, prompt, style
+    preset, seed, output format); the `Job` fields they give."""
     if not isinstance(body, dict):
-        raise _malformed("#: expected type: JSONObject")
+        raise malformed("#: expected type: JSONObject")
     for key in body:
         if key not in model.keys:
-            raise _malformed(f"#: extraneous key [{key}] is not permitted")
+            raise malformed(f"#: extraneous key [{key}] is not permitted")
     for key in sorted(model.required):
         if body.get(key) is None:
-            raise _malformed(f"#: required key [{key}] not found")
-    prompt = _string(body, "prompt", required="prompt" in model.required) or ""
-    _string(body, "negative_prompt", required=False)
+            raise malformed(f"#: required key [{key}] not found")
+    prompt = string_field(body, "prompt", required="prompt" in model.required) or ""
+    string_field(body, "negative_prompt", required=False)
     style = body.get("style_preset")
     if style is not None and style not in STYLE_PRESETS:
-        raise _malformed(f"#/style_preset: {style} is not a valid enum value")
-    seed = _number(body, "seed", 0, MAX_SEED, integer=True)
-    common: dict[str, Any] = {
+        raise malformed(f"#/style_preset: {style} is not a valid enum value")
+    seed = number_field(body, "seed", 0, MAX_SEED, integer=True)
+    return {
         "prompt": prompt,
         "output_format": _output_format(model, body),
         "seed": seed or random.randint(1, MAX_SEED),
     }
+
+
+def validate(model: StabilityModel, body: Any) -> Job:
+    """The job `body` asks `model` for; `Invalid` with Bedrock's message if malformed."""
+    common = check_common(model, body)
     if model.kind == "sd3":
         return _sd3_job(model, body, common)
     if model.kind in ("core", "ultra"):
-        width, height = _text_to_image_size(body)
+        width, height = text_to_image_size(body)
         return Job(model, width=width, height=height, **common)
     return _edit_job(model, body, common)

@@ -16,6 +16,14 @@ class Operation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OPERATION_INPAINT: _ClassVar[Operation]
     OPERATION_REMOVE_BACKGROUND: _ClassVar[Operation]
     OPERATION_UPSCALE: _ClassVar[Operation]
+    OPERATION_ERASE_OBJECT: _ClassVar[Operation]
+    OPERATION_OUTPAINT: _ClassVar[Operation]
+    OPERATION_SEARCH_REPLACE: _ClassVar[Operation]
+    OPERATION_SEARCH_RECOLOR: _ClassVar[Operation]
+    OPERATION_CONTROL_SKETCH: _ClassVar[Operation]
+    OPERATION_CONTROL_STRUCTURE: _ClassVar[Operation]
+    OPERATION_STYLE_GUIDE: _ClassVar[Operation]
+    OPERATION_STYLE_TRANSFER: _ClassVar[Operation]
 
 class ResponseFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,6 +43,14 @@ OPERATION_PROMPT_EDIT: Operation
 OPERATION_INPAINT: Operation
 OPERATION_REMOVE_BACKGROUND: Operation
 OPERATION_UPSCALE: Operation
+OPERATION_ERASE_OBJECT: Operation
+OPERATION_OUTPAINT: Operation
+OPERATION_SEARCH_REPLACE: Operation
+OPERATION_SEARCH_RECOLOR: Operation
+OPERATION_CONTROL_SKETCH: Operation
+OPERATION_CONTROL_STRUCTURE: Operation
+OPERATION_STYLE_GUIDE: Operation
+OPERATION_STYLE_TRANSFER: Operation
 RESPONSE_FORMAT_UNSPECIFIED: ResponseFormat
 RESPONSE_FORMAT_URL: ResponseFormat
 RESPONSE_FORMAT_INLINE: ResponseFormat
@@ -62,7 +78,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, str]] = ..., request_id: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class EditRequest(_message.Message):
-    __slots__ = ("model", "prompt", "images", "mask", "operation", "size", "n", "response_format", "request_id", "seed")
+    __slots__ = ("model", "prompt", "images", "mask", "operation", "size", "n", "response_format", "request_id", "seed", "search_prompt", "select_prompt", "control_strength", "fidelity", "creativity", "left", "right", "up", "down", "style_image", "style_strength", "composition_fidelity", "change_strength")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +89,19 @@ class EditRequest(_message.Message):
     RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SELECT_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    FIDELITY_FIELD_NUMBER: _ClassVar[int]
+    CREATIVITY_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    DOWN_FIELD_NUMBER: _ClassVar[int]
+    STYLE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    STYLE_STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITION_FIDELITY_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_STRENGTH_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
@@ -83,7 +112,20 @@ class EditRequest(_message.Message):
     response_format: ResponseFormat
     request_id: str
     seed: int
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., operation: _Optional[_Union[Operation, str]] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, str]] = ..., request_id: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    search_prompt: str
+    select_prompt: str
+    control_strength: float
+    fidelity: float
+    creativity: float
+    left: int
+    right: int
+    up: int
+    down: int
+    style_image: bytes
+    style_strength: float
+    composition_fidelity: float
+    change_strength: float
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., operation: _Optional[_Union[Operation, str]] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, str]] = ..., request_id: _Optional[str] = ..., seed: _Optional[int] = ..., search_prompt: _Optional[str] = ..., select_prompt: _Optional[str] = ..., control_strength: _Optional[float] = ..., fidelity: _Optional[float] = ..., creativity: _Optional[float] = ..., left: _Optional[int] = ..., right: _Optional[int] = ..., up: _Optional[int] = ..., down: _Optional[int] = ..., style_image: _Optional[bytes] = ..., style_strength: _Optional[float] = ..., composition_fidelity: _Optional[float] = ..., change_strength: _Optional[float] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("index", "url", "data", "mime_type", "width", "height", "revised_prompt", "stored", "seed")

@@ -101,9 +101,11 @@ class ImageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Edit(self, request, context):
-        """Edits an input image (prompt edit, inpaint, background removal or
-        upscale) and returns the results once all are stored. Equivalent to
-        draining `StreamEdit`.
+        """Edits an input image (prompt edit, inpaint, background removal,
+        upscale, or one of the Stability Image Services' edits: erase, outpaint,
+        search and replace or recolor, control by sketch or structure, style
+        guide or transfer) and returns the results once all are stored.
+        Equivalent to draining `StreamEdit`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
