@@ -71,8 +71,16 @@ async def test_n_fans_out_by_images_per_call_with_distinct_seeds() -> None:
 
 
 async def test_stream_yields_in_finish_order_then_the_record() -> None:
-    backend = ScriptedBackend(delays=[0.3, 0.05, 0.2, 0.1])
-    events = [e async for e in make(backend).stream(request(n=4), Deadline.none())]
+    # The calls finish in the order [1, 3, 2, 0], each released by the test
+    # once the previous image is out (not timed, so a busy machine cannot
+    # reorder them).
+    gates = [asyncio.Event() for _ in range(4)]
+    stream = make(ScriptedBackend(gates=gates)).stream(request(n=4), Deadline.none())
+    events = []
+    for index in (1, 3, 2, 0):
+        gates[index].set()
+        events.append(await anext(stream))
+    events += [e async for e in stream]
     assert [e.image.index for e in events if isinstance(e, ImageReady)] == [1, 3, 2, 0]
     assert isinstance(events[-1], GenerationDone)
     assert all(i.data is None for i in events[-1].record.images)

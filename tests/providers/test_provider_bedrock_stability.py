@@ -9,7 +9,6 @@ import asyncio
 import base64
 import io
 import pathlib
-import time
 from typing import Any
 
 import pytest
@@ -329,7 +328,8 @@ async def test_cancelled_call_queued_for_a_thread_never_reaches_the_upstream(
     sandbox: SandboxServer, faults: FaultPlan
 ) -> None:
     backend = make_backend(sandbox, max_connections=1)
-    faults.latencies = [0.5]
+    # The first call holds the only connection until the queued one is cancelled.
+    release = faults.hold()
     try:
         first = asyncio.create_task(backend.run(call_for(seed=1), Deadline.after(10)))
         await faults.wait_for(lambda s: s.in_flight == 1)
@@ -338,6 +338,7 @@ async def test_cancelled_call_queued_for_a_thread_never_reaches_the_upstream(
         queued.cancel()
         with pytest.raises(asyncio.CancelledError):
             await queued
+        release.set()
         assert len((await first).images) == 1
         await asyncio.sleep(0.2)
     finally:
@@ -348,28 +349,35 @@ async def test_cancelled_call_queued_for_a_thread_never_reaches_the_upstream(
 async def test_calls_run_concurrently_off_the_event_loop(
     backend: BedrockStabilityBackend, faults: FaultPlan
 ) -> None:
-    faults.default_latency = 0.4
-    ticks = 0
+    # Held upstream rather than timed, so the proof does not depend on load.
+    gates = [faults.hold() for _ in range(4)]
+    ticks, ticks_wanted = 0, 0
+    ticked = asyncio.Event()
 
     async def ticker() -> None:
         nonlocal ticks
         while True:
             await asyncio.sleep(0.02)
             ticks += 1
+            if ticks_wanted and ticks >= ticks_wanted:
+                ticked.set()
 
     clock = asyncio.create_task(ticker())
-    started = time.monotonic()
+    calls = asyncio.gather(*(backend.run(call_for(seed=i), Deadline.after(10)) for i in range(4)))
     try:
-        results = await asyncio.gather(
-            *(backend.run(call_for(seed=i), Deadline.after(10)) for i in range(4))
-        )
+        # All four are upstream at once: in parallel, not in series ...
+        await faults.wait_for(lambda s: s.in_flight == 4)
+        # ... and off the event loop, which keeps running meanwhile (the
+        # emulator answering them runs on it too).
+        ticks_wanted = ticks + 5
+        await asyncio.wait_for(ticked.wait(), 10)
+        for gate in gates:
+            gate.set()
+        results = await calls
     finally:
         clock.cancel()
-    elapsed = time.monotonic() - started
     assert all(len(r.images) == 1 for r in results)
     assert faults.stats.max_in_flight == 4
-    assert elapsed < 1.2  # four 0.4 s calls in parallel, not in series
-    assert ticks >= elapsed / 0.02 * 0.5  # the loop kept running meanwhile
 
 
 # --- credentials ---------------------------------------------------------------

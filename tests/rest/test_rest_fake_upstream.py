@@ -524,19 +524,31 @@ async def test_slow_streams_get_keep_alive_comments(
     monkeypatch.setattr(streaming, "KEEPALIVE_S", 0.05)
     monkeypatch.setattr(streaming, "ERROR_STATUS_WINDOW_S", 0.05)
 
+    # The first image comes only once the client has seen a keep-alive
+    # comment (released by the test, not after a pause it hopes is long enough).
+    keep_alive_seen = asyncio.Event()
+
     async def slow(method: str, request: Any, context: Context) -> AsyncIterator[Any]:
-        await asyncio.sleep(0.3)
+        await keep_alive_seen.wait()
         yield pb.StreamGenerateResponse(image=sample_image(0))
         yield pb.StreamGenerateResponse(generation=sample_generation(1))
 
     fake.service.stream = slow
-    async with httpx.AsyncClient(base_url=fake.base_url) as http:
-        response = await http.post(
+    text = ""
+    async with (
+        httpx.AsyncClient(base_url=fake.base_url, timeout=30) as http,
+        http.stream(
+            "POST",
             "/v1/images/generations",
             json={"model": "azure/flux-kontext-pro", "prompt": "a fox", "stream": True},
-        )
-    assert response.text.startswith(": keep-alive\n\n")
-    assert [n for n, _ in _parse_sse(response.text)] == [
+        ) as response,
+    ):
+        async for chunk in response.aiter_text():
+            text += chunk
+            if text.startswith(": keep-alive\n\n"):
+                keep_alive_seen.set()
+    assert text.startswith(": keep-alive\n\n")
+    assert [n for n, _ in _parse_sse(text)] == [
         "image_generation.completed",
         "x_chuizi.generation",
     ]
@@ -548,15 +560,17 @@ async def test_slow_streams_get_keep_alive_comments(
 async def _disconnect_during(fake: FakeStack, body: dict[str, Any], read_first: bool) -> None:
     http = httpx.AsyncClient(base_url=fake.base_url, timeout=30)
 
+    first_bytes = asyncio.Event()
+
     async def request() -> None:
         async with http.stream("POST", "/v1/images/generations", json=body) as response:
             async for _ in response.aiter_bytes():
-                pass
+                first_bytes.set()
 
     task = asyncio.create_task(request())
     await asyncio.wait_for(fake.service.started.wait(), 10)
     if read_first:
-        await asyncio.sleep(0.2)  # let the first event through
+        await asyncio.wait_for(first_bytes.wait(), 10)  # the first event is through
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -35,7 +35,8 @@ async def test_health_is_serving_then_not_serving_while_draining(stack: Stack) -
     assert await _health(stack.channel, "") == health_pb2.HealthCheckResponse.SERVING
     assert await _health(stack.channel, SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
-    stack.sandbox.azure_flux.faults.latencies = [1.0]
+    # The upstream answers only once the drain has begun (see below).
+    release = stack.sandbox.azure_flux.faults.hold()
     in_flight = asyncio.ensure_future(
         stack.stub.Generate(
             pb.GenerateRequest(model="azure/flux-kontext-pro", prompt="x"), timeout=30
@@ -49,6 +50,7 @@ async def test_health_is_serving_then_not_serving_while_draining(stack: Stack) -
     assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
     stopping = asyncio.ensure_future(stack.service.stop(grace=5))
     assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    release.set()
     generation = await in_flight  # the in-flight RPC finishes during the drain
     assert len(generation.images) == 1
     await stopping

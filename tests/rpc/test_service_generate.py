@@ -75,26 +75,30 @@ async def test_the_size_actually_produced_is_reported(
 async def test_stream_delivers_the_first_image_when_the_fastest_call_finishes(
     stack: Stack,
 ) -> None:
-    stack.sandbox.azure_flux.faults.latencies = [1.2, 0.1, 0.7, 0.4]
-    started = time.monotonic()
-    arrivals: list[tuple[float, int]] = []
-    record = None
-    async for message in stack.stub.StreamGenerate(
+    # The four upstream calls answer in the order [1, 3, 2, 0], each released
+    # by the test (as latencies of 1.2, 0.1, 0.7 and 0.4 s would, but not
+    # timed, so a busy machine cannot reorder them).
+    plan = stack.sandbox.azure_flux.faults
+    gates = [plan.hold() for _ in range(4)]
+    call = stack.stub.StreamGenerate(
         pb.GenerateRequest(model=KONTEXT, prompt="four foxes", n=4), timeout=30
-    ):
-        if message.HasField("image"):
-            arrivals.append((time.monotonic() - started, message.image.index))
-        else:
-            record = message.generation
+    )
+    await plan.wait_for(lambda s: s.faults.total() == 4)
+    arrivals: list[int] = []
+    for index in (1, 3, 2, 0):
+        gates[index].set()
+        # Each image arrives while the slower calls are still held upstream:
+        # the stream never waits for a slower call.
+        message = await asyncio.wait_for(call.read(), 10)
+        assert message.HasField("image"), message
+        arrivals.append(message.image.index)
+    record = (await asyncio.wait_for(call.read(), 10)).generation
+    assert await call.read() == grpc.aio.EOF
     assert record is not None and len(record.images) == 4
     assert all(not image.data for image in record.images)
     # Indexes follow the order in which the upstream calls were made (the
-    # emulator applies latencies in arrival order), so finish order is 1,3,2,0.
-    assert sorted(i for _, i in arrivals) == [0, 1, 2, 3]
-    first_at = arrivals[0][0]
-    assert first_at < 0.7, f"first image after {first_at:.2f}s: waited for a slower call"
-    assert arrivals[-1][0] >= 1.2
-    assert [t for t, _ in arrivals] == sorted(t for t, _ in arrivals)
+    # emulator holds them in arrival order), so finish order is 1,3,2,0.
+    assert arrivals == [1, 3, 2, 0]
 
 
 async def test_cancelling_the_stream_cancels_the_upstream_calls(stack: Stack) -> None:
@@ -183,13 +187,18 @@ async def test_urls_survive_a_restart(stack: Stack) -> None:
 
 
 async def test_concurrent_generations_run_in_parallel(stack: Stack) -> None:
-    stack.sandbox.azure_flux.faults.default_latency = 0.5
-    started = time.monotonic()
-    results = await asyncio.gather(
+    plan = stack.sandbox.azure_flux.faults
+    gates = [plan.hold() for _ in range(6)]
+    calls = asyncio.gather(
         *(
             stack.stub.Generate(pb.GenerateRequest(model=KONTEXT, prompt=f"fox {i}"), timeout=30)
             for i in range(6)
         )
     )
+    # All six are upstream at once before any is answered: in parallel, not
+    # one after another (held rather than timed, so load cannot matter).
+    await plan.wait_for(lambda s: s.in_flight == 6)
+    for gate in gates:
+        gate.set()
+    results = await calls
     assert len({r.generation_id for r in results}) == 6
-    assert time.monotonic() - started < 2.5

@@ -98,15 +98,18 @@ async def test_a_task_goes_pending_running_succeeded_and_serves_png(
     client: httpx.AsyncClient, emulator: BailianWanEmulator
 ) -> None:
     emulator.pending_fraction = 0.5
-    emulator.faults.latencies = [1.0]  # PENDING until 0.5 s, RUNNING until 1 s
+    emulator.faults.latencies = [600.0]  # PENDING until 300 s, RUNNING until 600 s
     task_id = await task_id_of(client, body(n=2, size="1344*768", seed=3))
+    # The test moves the task's clock on rather than sleeping through each
+    # phase, so a busy machine cannot make it miss one.
+    task = emulator.tasks[task_id]
 
     assert (await poll(client, task_id))["output"]["task_status"] == "PENDING"
-    await asyncio.sleep(0.6)
+    task.created -= 300
     running = await poll(client, task_id)
     assert running["output"]["task_status"] == "RUNNING"
     assert "scheduled_time" in running["output"]
-    await asyncio.sleep(0.6)
+    task.created -= 300
     done = await poll(client, task_id)
 
     output = done["output"]

@@ -18,15 +18,23 @@ Script = Callable[[UpstreamCall, int], UpstreamResult]
 
 
 class ScriptedBackend:
-    """Answers call number i with `script(call, i)` after `delays[i]` seconds."""
+    """Answers call number i with `script(call, i)` after `delays[i]` seconds
+    and, when `gates` are given, once the test has set `gates[i]` (controlled
+    release: a test of completion order sets them in the order it wants)."""
 
-    def __init__(self, script: Script | None = None, delays: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        script: Script | None = None,
+        delays: list[float] | None = None,
+        gates: list[asyncio.Event] | None = None,
+    ) -> None:
         self.calls: list[UpstreamCall] = []
         self.cancelled = 0
         self._script = script or (
             lambda call, i: UpstreamResult(tuple(ProducedImage(png()) for _ in range(call.count)))
         )
         self._delays = delays or []
+        self._gates = gates or []
 
     async def run(self, call: UpstreamCall, deadline: Deadline) -> UpstreamResult:
         number = len(self.calls)
@@ -34,6 +42,8 @@ class ScriptedBackend:
         try:
             if number < len(self._delays):
                 await asyncio.sleep(self._delays[number])
+            if number < len(self._gates):
+                await self._gates[number].wait()
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
