@@ -26,10 +26,18 @@ PIP_INSTALL := $(BIN)/python -m pip install --progress-bar off --no-compile
 
 $(BIN)/.runtime: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
-	@test -x $(BIN)/python || { echo "==> creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	@# The pip that ships with Python 3.11 (23.x) backtracks into ResolutionImpossible on
-	@# the opentelemetry instrumentation packages; a current pip resolves them.
-	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@# The venv gets a current pip: the one Python 3.11 bundles (23.x) backtracks into
+	@# ResolutionImpossible on the opentelemetry instrumentation packages. Installing it
+	@# with the host's pip into a venv made --without-pip skips ensurepip, which spent
+	@# 10-20 s installing the old pip first.
+	@test -x $(BIN)/python || { \
+		echo "==> creating $(VENV)"; \
+		if $(PYTHON) -m pip --version >/dev/null 2>&1; then \
+			$(PYTHON) -m venv --without-pip $(VENV) \
+			&& $(PYTHON) -m pip --python $(BIN)/python install --quiet --upgrade pip; \
+		else \
+			$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --upgrade pip; \
+		fi; }
 	@echo "==> installing the service and its runtime dependencies into $(VENV)"
 	@$(PIP_INSTALL) -e '.[tools]' | { grep -E '^(Collecting|Successfully)' || true; } | cut -c1-100
 	@touch $@

@@ -157,7 +157,8 @@ class RenderedPod:
             if "configMapRef" in source:
                 env.update(self.config_maps[source["configMapRef"]["name"]])
             elif "secretRef" in source:
-                env.update(self.secrets[source["secretRef"]["name"]])
+                # An existingSecret is not rendered: its keys are the cluster's.
+                env.update(self.secrets.get(source["secretRef"]["name"], {}))
         for var in container.get("env", []):
             env[var["name"]] = str(var["value"])
         return env
