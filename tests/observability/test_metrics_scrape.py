@@ -301,3 +301,34 @@ async def test_a_replay_costs_nothing_and_storage_failures_are_counted(
     for name in ("image_service_images_total", "image_service_cost_usd_total"):
         assert delta(middle, after, name, **labels) == 0
     assert delta(middle, after, "rpc_server_duration_seconds_count", rpc_method="Generate") == 1
+
+
+async def test_limiter_waits_and_refusals_are_counted(
+    sandbox: SandboxServer, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One request a minute: the first passes at once, the second would have
+    # to wait past its deadline and is refused without reaching the upstream.
+    monkeypatch.setenv("IMAGE_SERVICE_AZURE_FLUX_REQUESTS_PER_MINUTE", "1")
+    async with two_processes(sandbox, tmp_path) as both:
+        before = await scrape(both.service_metrics_url)
+        await both.stack.stub.Generate(pb.GenerateRequest(model=KONTEXT, prompt=PROMPT), timeout=30)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await both.stack.stub.Generate(
+                pb.GenerateRequest(model=KONTEXT, prompt=PROMPT), timeout=30
+            )
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        after = await scrape(both.service_metrics_url)
+
+    flux = {"backend": "azure_flux", "model": KONTEXT, "limit": "requests_per_minute"}
+    assert delta(before, after, "image_service_limiter_wait_seconds_count", **flux) == 1
+    assert delta(before, after, "image_service_limiter_refusals_total", **flux) == 1
+    assert (
+        delta(
+            before,
+            after,
+            "image_service_upstream_call_duration_seconds_count",
+            backend="azure_flux",
+            outcome="UPSTREAM_RATE_LIMITED",
+        )
+        == 1
+    )

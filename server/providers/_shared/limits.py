@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from server.domain.deadline import Deadline
 from server.domain.errors import RateLimited
 from server.domain.ports import ImageBackend, UpstreamCall, UpstreamResult
+from server.domain.telemetry import report_limiter_wait
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,12 @@ class LimitedBackend:
 
     async def _acquire(self, gate: _Gate, call: UpstreamCall, deadline: Deadline) -> None:
         assert gate.semaphore is not None
+        queued = time.monotonic()
         try:
             # A cancelled or timed-out acquire takes nothing.
             async with asyncio.timeout(deadline.remaining()):
                 await gate.semaphore.acquire()
+            report_limiter_wait("max_concurrency", time.monotonic() - queued)
         except TimeoutError:
             raise self._limited(
                 call,
@@ -155,6 +158,7 @@ class LimitedBackend:
                 wait,
             )
         starts.append(turn)
+        report_limiter_wait("requests_per_minute", max(0.0, wait))
         if wait <= 0:
             return
         log.debug("%s: %s queued %.1f s for its rate limit", self.key, call.model.name, wait)
