@@ -15,6 +15,8 @@ then measures, in this order, each in the same run:
 3. Streaming: time to first image of `StreamGenerate` n=4 whose four
    upstream calls take different times, against the fastest call alone.
 4. Capacity: many generations in flight at once behind a slow upstream.
+5. Observability: CPU per request with metrics and tracing on versus off
+   (three more stacks side by side, `benchmarks/observability.py`).
 
 Every loop is bounded in requests and time; every address is 127.0.0.1.
 Progress goes to stderr, the Markdown report to stdout (and `--output`).
@@ -40,6 +42,7 @@ from pathlib import Path
 from benchmarks import procstat
 from benchmarks.clients import Call, DirectClient, GrpcClient, RestClient, prompt
 from benchmarks.load import LoadResult, closed_loop, percentile
+from benchmarks.observability import ObservabilityResult, compare
 from benchmarks.processes import Stack
 from benchmarks.report import (
     CapacityResult,
@@ -87,6 +90,9 @@ class Plan:
     capacity: int = 2000
     capacity_upstream_s: float = 5.0
     capacity_noise: str = "64kb"
+    # Metrics and tracing on versus off (benchmarks/observability.py).
+    observability_rounds: int = 5
+    observability_duration_s: float = 3.0
 
 
 FULL = Plan()
@@ -97,6 +103,8 @@ QUICK = Plan(
     concurrencies=(),
     target_duration_s=2.0,
     stream_requests=4,
+    observability_rounds=1,
+    observability_duration_s=2.0,
 )
 
 
@@ -165,6 +173,7 @@ class Bench:
         self.cells: list[CellResult] = []
         self.streams: list[StreamResult] = []
         self.capacity: list[CapacityResult] = []
+        self.observability: ObservabilityResult | None = None
 
     async def close(self) -> None:
         await self.grpc.close()
@@ -420,6 +429,17 @@ class Bench:
                     "max",
                 )
             )
+        if self.observability is not None:
+            observed = self.observability
+            targets.append(
+                Target(
+                    "Metrics on: their updates' CPU per REST request (timed alone)",
+                    observed.metric_updates_share() * 100,
+                    5,
+                    "%",
+                    "max",
+                )
+            )
         for hold in self.capacity:
             name = f"{hold.requested} in flight, {hold.upstream_s:g} s upstream"
             targets += [
@@ -447,6 +467,13 @@ class Bench:
             parts += ["", "## Streaming: time to first image", "", stream_table(self.streams)]
         if self.capacity:
             parts += ["", "## Capacity", "", capacity_table(self.capacity)]
+        if self.observability is not None:
+            parts += [
+                "",
+                "## Observability: metrics and tracing cost",
+                "",
+                self.observability.table(),
+            ]
         return "\n".join(parts) + "\n"
 
     def as_json(self) -> dict[str, object]:
@@ -552,6 +579,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--capacity", type=int, help="generations held in flight at once")
     parser.add_argument("--capacity-upstream-s", type=float, help="upstream latency then, s")
+    parser.add_argument(
+        "--observability-rounds", type=int, help="rounds of metrics/tracing on vs off"
+    )
+    parser.add_argument(
+        "--observability-duration", type=float, help="time box of each of those cells, s"
+    )
     parser.add_argument("--latencies", help="grid upstream latencies, ms, e.g. 0,500")
     parser.add_argument("--noises", help="grid PNG sizes, e.g. 1mb,3mb")
     parser.add_argument("--ns", help="grid n values, e.g. 1,4")
@@ -559,7 +592,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--paths", help=f"grid paths (default: {','.join(SERVICE_PATHS)})")
     parser.add_argument(
         "--only",
-        default="grid,targets,stream,capacity",
+        default="grid,targets,stream,capacity,observability",
         help="comma-separated phases to run (default: all)",
     )
     parser.add_argument(
@@ -586,6 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("max_requests", "max_requests_per_cell"),
         ("capacity", "capacity"),
         ("capacity_upstream_s", "capacity_upstream_s"),
+        ("observability_rounds", "observability_rounds"),
+        ("observability_duration", "observability_duration_s"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -609,13 +644,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = args.workdir or Path(tmp)
         service_env = dict(item.split("=", 1) for item in args.service_env)
         bench, elapsed = asyncio.run(run(plan, workdir, phases, service_env))
+        if "observability" in phases:
+            log("observability:")
+            bench.observability = asyncio.run(
+                compare(
+                    workdir / "observability",
+                    rounds=plan.observability_rounds,
+                    duration_s=plan.observability_duration_s,
+                )
+            )
     text = bench.report(elapsed)
     print(text)
     if args.output:
         args.output.write_text(text)
     if args.json:
         args.json.write_text(json.dumps(bench.as_json(), indent=1, default=str))
-    failed = [c for c in bench.cells if c.load.errors] or [s for s in bench.streams if s.errors]
+    failed = any(c.load.errors for c in bench.cells) or any(s.errors for s in bench.streams)
+    if bench.observability is not None:
+        failed = failed or any(v.errors for v in bench.observability.variants)
     return 1 if failed else 0
 
 
