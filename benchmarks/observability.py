@@ -112,7 +112,9 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def _measure(variant: Variant, path: str, concurrency: int, duration_s: float) -> float:
+async def _measure(
+    variant: Variant, path: str, concurrency: int, duration_s: float, max_requests: int
+) -> float:
     assert variant.grpc is not None and variant.rest is not None
     text = prompt(NOISE, 0)
     call = (
@@ -136,8 +138,8 @@ async def _measure(variant: Variant, path: str, concurrency: int, duration_s: fl
         call,
         concurrency=concurrency,
         duration_s=duration_s,
-        max_requests=5000,
-        min_requests=4 * concurrency,
+        max_requests=max_requests,
+        min_requests=min(4 * concurrency, max_requests),
         max_duration_s=4 * duration_s,
         on_start=on_start,
         on_stop=on_stop,
@@ -147,7 +149,9 @@ async def _measure(variant: Variant, path: str, concurrency: int, duration_s: fl
     return cpu * 1000 / load.completed if load.completed else math.nan
 
 
-async def compare(workdir: Path, *, rounds: int, duration_s: float) -> ObservabilityResult:
+async def compare(
+    workdir: Path, *, rounds: int, duration_s: float, max_requests: int = 5000
+) -> ObservabilityResult:
     """Run the three variants side by side; see the module doc."""
     async with AsyncExitStack() as stack:
         sink = await _sink()
@@ -180,7 +184,7 @@ async def compare(workdir: Path, *, rounds: int, duration_s: float) -> Observabi
                 # Rotate the order too, so no variant always runs first.
                 order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
                 for variant in order:
-                    value = await _measure(variant, *cell, duration_s)
+                    value = await _measure(variant, *cell, duration_s, max_requests)
                     variant.cpu_ms.setdefault(cell, []).append(value)
                     _log(
                         f"  round {round_ + 1} {cell[0]} c={cell[1]} {variant.name}: {value:.2f} ms"

@@ -651,6 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     workdir / "observability",
                     rounds=plan.observability_rounds,
                     duration_s=plan.observability_duration_s,
+                    max_requests=plan.max_requests_per_cell,
                 )
             )
     text = bench.report(elapsed)

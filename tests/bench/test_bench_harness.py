@@ -54,6 +54,10 @@ def test_quick_run_reports_every_section_without_errors(tmp_path: Path) -> None:
         "20",
         "--capacity-upstream-s",
         "0.2",
+        "--observability-rounds",
+        "1",
+        "--observability-duration",
+        "120",
         "--output",
         str(report),
         "--json",
@@ -63,7 +67,7 @@ def test_quick_run_reports_every_section_without_errors(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     text = report.read_text()
-    for heading in ("## Targets", "## Grid", "## Streaming", "## Capacity"):
+    for heading in ("## Targets", "## Grid", "## Streaming", "## Capacity", "## Observability"):
         assert heading in text
     for row in ("direct → emulator", "gRPC Generate, URL", "REST, b64_json"):
         assert f"| {row} |" in text
