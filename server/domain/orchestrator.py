@@ -240,7 +240,7 @@ class Orchestrator:
             warnings=resolution.warnings + seed_warnings(valid.spec, request.seed),
         )
         self._telemetry.generation_delivered(
-            valid.spec.name,
+            record.model,  # the name the caller used, as in every other metric and log
             valid.spec.backend,
             images=len(images),
             inline_fallbacks=sum(1 for image in images if not image.stored),

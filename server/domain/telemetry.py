@@ -4,7 +4,7 @@
 production, `NO_TELEMETRY` by default and in unit tests), so the domain and
 the backends count upstream calls, retries, limiter waits and storage writes
 without importing a metrics library. Labels are always bounded: catalogue
-model names, registry backend keys and `ImageServiceError.reason` values,
+model names (the name the caller used, also when it routes to a successor), registry backend keys and `ImageServiceError.reason` values,
 never prompts, keys or free text.
 
 `ObservedBackend` and `ObservedStore` wrap the ports: the first times each

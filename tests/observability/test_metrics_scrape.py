@@ -127,12 +127,15 @@ async def test_a_stream_records_time_to_first_image(both: TwoProcesses) -> None:
         )
     ]
     assert sum(m.HasField("image") for m in messages) == 3
+    cost = float(messages[-1].generation.cost)
 
     after = await scrape(both.service_metrics_url)
+    # A retired name routed to its successor is counted under the name called.
     labels = {"model": IMAGEN_FAST, "backend": "vertex_imagen"}
     assert delta(before, after, "image_service_time_to_first_image_seconds_count", **labels) == 1
     assert delta(before, after, "image_service_images_total", **labels) == 3
-    assert delta(before, after, "image_service_cost_usd_total", **labels) == pytest.approx(0.06)
+    assert cost > 0
+    assert delta(before, after, "image_service_cost_usd_total", **labels) == pytest.approx(cost)
     assert (
         delta(
             before,
