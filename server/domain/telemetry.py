@@ -4,8 +4,9 @@
 production, `NO_TELEMETRY` by default and in unit tests), so the domain and
 the backends count upstream calls, retries, limiter waits and storage writes
 without importing a metrics library. Labels are always bounded: catalogue
-model names (the name the caller used, also when it routes to a successor), registry backend keys and `ImageServiceError.reason` values,
-never prompts, keys or free text.
+model names (the name the caller used, also when it routes to a successor),
+registry backend keys and `ImageServiceError.reason` values, never prompts,
+keys or free text.
 
 `ObservedBackend` and `ObservedStore` wrap the ports: the first times each
 upstream call and opens a `scope` (a context variable, so it reaches the
