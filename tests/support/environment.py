@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-SCRUBBED_PREFIXES = ("IMAGE_SERVICE_", "AWS_", "GOOGLE_")
+# OTEL_: a developer's collector must not receive the tests' spans.
+SCRUBBED_PREFIXES = ("IMAGE_SERVICE_", "AWS_", "GOOGLE_", "OTEL_")
 PROXY_VARIABLES = frozenset(
     name
     for upper in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
@@ -29,6 +30,11 @@ HERMETIC_VALUES = {
     "AWS_EC2_METADATA_DISABLED": "true",
     "CLOUDSDK_CONFIG": str(_NOWHERE / "gcloud"),
     "NO_GCE_CHECK": "true",
+    # The server's metrics port on a free loopback port, like the tests'
+    # gRPC ports: the default (9464) would collide between services that a
+    # test, or concurrent test runs on one machine, start.
+    "IMAGE_SERVICE_METRICS_HOST": "127.0.0.1",
+    "IMAGE_SERVICE_METRICS_PORT": "0",
 }
 
 
