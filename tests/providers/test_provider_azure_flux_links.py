@@ -10,10 +10,13 @@ every test counts the submissions the emulator saw.
 
 from __future__ import annotations
 
+import contextlib
 import io
 
+import httpx
 import pytest
 from PIL import Image
+from pydantic import SecretStr
 
 from server.domain.catalogue import Catalogue
 from server.domain.deadline import Deadline
@@ -164,3 +167,36 @@ async def test_an_expired_result_url_fails_without_resubmitting(
     assert submissions(emulator) == 1
     # The GET is retried (a fetch costs nothing); the generation is not.
     assert emulator.tasks.stats.deliveries == FAST_RETRY.attempts
+
+
+# --- answers the emulator never gives: a narrow check with a scripted transport ---
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"id": "t-1", "polling_url": "ftp://elsewhere/result"},
+        {"data": [{"url": "not a url"}]},
+    ],
+    ids=["malformed-polling-url", "malformed-image-url"],
+)
+async def test_a_malformed_link_fails_without_submitting_again(answer: dict[str, object]) -> None:
+    submissions = 0
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        nonlocal submissions
+        assert request.method == "POST"
+        submissions += 1
+        return httpx.Response(200, json=answer)
+
+    backend = AzureFluxBackend(
+        endpoint="http://flux.test",
+        api_key=SecretStr("k"),
+        retry=FAST_RETRY,
+        transport=httpx.MockTransport(upstream),
+    )
+    async with contextlib.aclosing(backend):
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await backend.run(call(), Deadline.after(5))
+    assert "malformed" in caught.value.message
+    assert submissions == 1

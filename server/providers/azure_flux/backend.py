@@ -23,7 +23,7 @@ from server.domain.deadline import Deadline
 from server.domain.errors import ImageServiceError, UpstreamTimeout
 from server.domain.ports import UpstreamCall, UpstreamResult
 from server.domain.retry import RetryPolicy
-from server.providers._shared.downloads import ResultDownloader, same_origin
+from server.providers._shared.downloads import ResultDownloader, is_http_url, same_origin
 from server.providers._shared.http import owned_client, send_with_retry
 from server.providers._shared.polling import PollPacing, check_poll_interval
 from server.providers.azure_flux.errors import UPSTREAM, classify_content_filter
@@ -31,6 +31,7 @@ from server.providers.azure_flux.request import request_body
 from server.providers.azure_flux.response import (
     ImageLinks,
     PollingLink,
+    malformed_link,
     parse_poll,
     parse_submission,
 )
@@ -111,6 +112,8 @@ class AzureFluxBackend:
 
     async def _poll(self, link: PollingLink, deadline: Deadline) -> str:
         """Poll `link` until its task is Ready; the sample's URL."""
+        if not is_http_url(link.url):
+            raise malformed_link(link.task_id)
         pacing = PollPacing(self._poll_initial_s, self._poll_max_s)
         try:
             while True:

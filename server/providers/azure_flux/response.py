@@ -74,16 +74,17 @@ def _load(response: httpx.Response) -> Any:
 
 def _polling_link(payload: dict[str, Any]) -> PollingLink | None:
     url = payload.get("polling_url")
-    if url is None or payload.get("data"):
+    if not isinstance(url, str) or payload.get("data"):
         return None
-    if not is_http_url(url):
-        raise unavailable(UPSTREAM, "Azure FLUX returned a malformed polling URL.")
+    # Even a malformed link is followed (and fails) rather than answered by
+    # submitting again: the generation it names is already paid for.
     task_id = payload.get("id")
     return PollingLink(url=url, task_id=task_id if isinstance(task_id, str) else "")
 
 
 def _image_links(payload: dict[str, Any]) -> ImageLinks | None:
-    """The URLs of a `data` list with no base64 image in it, else None."""
+    """The URLs of a `data` list with no base64 image in it, else None.
+    Malformed URLs are kept: their fetch fails, the generation is not redone."""
     items = payload.get("data")
     if not isinstance(items, list):
         return None
@@ -98,7 +99,7 @@ def _image_links(payload: dict[str, Any]) -> ImageLinks | None:
             not url and filtered_categories(item.get("content_filter_results"))
         ):
             filtered += 1
-        elif is_http_url(url):
+        elif isinstance(url, str) and url:
             urls.append(url)
     return ImageLinks(tuple(urls), filtered) if urls else None
 
@@ -159,6 +160,17 @@ def task_failed(status: str, task_id: str) -> ImageServiceError:
     error = UpstreamUnavailable(
         "Azure FLUX's generation failed; try again.",
         metadata={"upstream": UPSTREAM.key, "task_status": status.replace(" ", "_")},
+    )
+    if task_id:
+        error.metadata["task_id"] = task_id
+    error.retryable = False
+    return error
+
+
+def malformed_link(task_id: str = "") -> ImageServiceError:
+    """A polling link that is no http(s) URL. Not retryable, as `task_failed`."""
+    error = UpstreamUnavailable(
+        "Azure FLUX returned a malformed polling URL.", metadata={"upstream": UPSTREAM.key}
     )
     if task_id:
         error.metadata["task_id"] = task_id
