@@ -13,6 +13,7 @@ from server.asgi import AsgiServer
 from server.domain.backends import Backends
 from server.domain.catalogue import Catalogue, parse_policies
 from server.domain.orchestrator import Orchestrator
+from server.domain.output_options import UnsupportedPolicy
 from server.domain.ports import BlobStore
 from server.domain.retry import RetryPolicy
 from server.domain.telemetry import NO_TELEMETRY, ObservedBackend, ObservedStore, Telemetry
@@ -134,6 +135,7 @@ async def create_grpc_service(
         default_deadline_s=settings.default_deadline_s,
         record_store=ObservedStore(record_store, telemetry) if record_store else None,
         telemetry=telemetry,
+        unsupported_parameters=UnsupportedPolicy(settings.unsupported_parameters),
     )
     server = GrpcServer.build(
         settings,

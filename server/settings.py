@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     # catalogue: "google/imagen-4.0=pin,azure/mai-image-2=refuse" (route |
     # pin | refuse; see docs/models-lifecycle.md). Checked at start-up.
     retired_models: str = ""
+    # An OpenAI parameter a model cannot honour (quality=high, say): "report"
+    # serves the request with the upstream's default and says so in the
+    # record's warnings; "refuse" answers INVALID_ARGUMENT naming it.
+    unsupported_parameters: Literal["report", "refuse"] = "report"
 
     def check_r2(self) -> None:
         """Raise ValueError naming each R2 variable that storage = "r2" still needs.

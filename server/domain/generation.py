@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from server.domain.call_plan import CallOutcome
 from server.domain.deadline import Deadline
 from server.domain.generation_ids import new_generation_id
+from server.domain.output_options import OutputPlan
 from server.domain.records import DeliveredImage
 from server.domain.requests import ResponseFormat
 
@@ -62,17 +63,22 @@ class Generation:
     # Fixed when the generation begins: when every upstream call must end.
     upstream_deadline: Deadline
     response_format: ResponseFormat
+    # What the delivered images must be (format, compression); None: as made.
+    plan: OutputPlan | None = None
     started: float = field(default_factory=time.monotonic)
     output: asyncio.Queue[DeliveredImage | CallOutcome] = field(default_factory=asyncio.Queue)
 
     @classmethod
-    def begin(cls, deadline: Deadline, response_format: ResponseFormat) -> Generation:
+    def begin(
+        cls, deadline: Deadline, response_format: ResponseFormat, plan: OutputPlan | None = None
+    ) -> Generation:
         return cls(
             new_generation_id(),
             deadline,
             storage_deadline(deadline),
             upstream_deadline(deadline),
             response_format,
+            plan,
         )
 
     def latency_ms(self) -> int:

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 
 from server.domain.edit_options import fingerprint_fields
 from server.domain.requests import AnyRequest, EditRequest
@@ -26,6 +27,7 @@ def fingerprint(request: AnyRequest) -> str:
         "size": request.size,
         "n": request.n or 1,
         "seed": request.seed,
+        "output": asdict(request.output),
     }
     if isinstance(request, EditRequest):
         fields["images"] = [hashlib.sha256(i).hexdigest() for i in request.images]

@@ -140,3 +140,29 @@ def _edit_region(image: Image.Image) -> Image.Image:
         return image.convert("L")
     image.close()  # the source's pixels are no longer needed
     return alpha.point(lambda a: 255 if a == 0 else 0)
+
+
+_PIL_FORMAT_BY_MIME = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
+
+
+def convert(data: bytes, mime_type: str, *, compression: int | None = None) -> bytes:
+    """`data` re-encoded as `mime_type` (PNG, JPEG or WebP).
+
+    `compression` (0-100, OpenAI's `output_compression`) sets JPEG and
+    WebP quality: 100 keeps the most. JPEG has no alpha, so a transparent
+    image is flattened onto white. ValueError if `data` is unreadable.
+    """
+    target = _PIL_FORMAT_BY_MIME[mime_type]
+    with _open(data, None) as image:
+        image.load()
+        converted: Image.Image = image
+        if target == "JPEG" and image.mode not in ("RGB", "L"):
+            rgba = image.convert("RGBA")
+            converted = Image.new("RGB", rgba.size, (255, 255, 255))
+            converted.paste(rgba, mask=rgba.getchannel("A"))
+        out = io.BytesIO()
+        options: dict[str, object] = {}
+        if target in ("JPEG", "WEBP"):
+            options["quality"] = 90 if compression is None else max(1, compression)
+        converted.save(out, format=target, **options)
+    return out.getvalue()

@@ -42,7 +42,8 @@ from server.domain.events import GenerationDone, ImageReady, StreamEvent
 from server.domain.generation import Generation
 from server.domain.generation_ids import check_generation_id
 from server.domain.idempotency import RequestLocks, fingerprint
-from server.domain.imaging import EXTENSION_BY_MIME, inspect
+from server.domain.imaging import EXTENSION_BY_MIME, convert, inspect, sniff_mime_type
+from server.domain.output_options import OutputPlan, UnsupportedPolicy, plan_output
 from server.domain.ports import BlobStore, ImageBackend, ProducedImage
 from server.domain.pricing import generation_cost
 from server.domain.records import (
@@ -91,8 +92,10 @@ class Orchestrator:
         default_deadline_s: float,
         record_store: BlobStore | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
+        unsupported_parameters: UnsupportedPolicy = UnsupportedPolicy.REPORT,
     ) -> None:
         self._catalogue = catalogue
+        self._unsupported = unsupported_parameters
         self._telemetry = telemetry
         self._backends = backends
         self._store = store
@@ -146,11 +149,13 @@ class Orchestrator:
         resolution = self._catalogue.resolve(request.model)
         spec = resolution.serving
         valid = await validate_off_loop(request, spec)
+        # OpenAI's output parameters: honoured, reported or refused, up front.
+        plan = plan_output(spec.name, valid.operation, request.output, self._unsupported)
         backend = self._backends.get(spec)
         deadline = deadline.earliest(Deadline.after(self._default_deadline_s))
         digest = fingerprint(request)
         if not request.request_id:
-            events = self._generate(request, valid, resolution, backend, deadline, digest)
+            events = self._generate(request, valid, resolution, plan, backend, deadline, digest)
             # `async for` alone would leave the inner generator suspended when
             # the caller goes away; aclosing runs its cleanup (cancelling the
             # upstream calls) right then.
@@ -161,7 +166,7 @@ class Orchestrator:
         async with self._request_locks.hold(request.request_id):
             previous = await self._records.find_by_request_id(request.request_id, deadline)
             if previous is None:
-                events = self._generate(request, valid, resolution, backend, deadline, digest)
+                events = self._generate(request, valid, resolution, plan, backend, deadline, digest)
             elif previous.fingerprint != digest:
                 raise RequestIdConflict(
                     "request_id was already used for a different request.",
@@ -187,11 +192,12 @@ class Orchestrator:
         request: AnyRequest,
         valid: ValidRequest,
         resolution: Resolution,
+        plan: OutputPlan,
         backend: ImageBackend,
         deadline: Deadline,
         digest: str,
     ) -> AsyncGenerator[StreamEvent, None]:
-        generation = Generation.begin(deadline, request.response_format)
+        generation = Generation.begin(deadline, request.response_format, plan)
         tasks = [
             asyncio.create_task(self._run_call(generation, backend, planned))
             for planned in plan_calls(valid, request.seed)
@@ -237,7 +243,11 @@ class Orchestrator:
             fingerprint=digest,
             served_by=valid.spec.name,
             upstream_model=valid.spec.upstream_model,
-            warnings=resolution.warnings + seed_warnings(valid.spec, request.seed),
+            warnings=resolution.warnings + seed_warnings(valid.spec, request.seed) + plan.warnings,
+            quality=plan.quality,
+            output_format=plan.output_format,
+            background=plan.background,
+            user=request.output.user,
         )
         self._telemetry.generation_delivered(
             record.model,  # the name the caller used, as in every other metric and log
@@ -293,6 +303,21 @@ class Orchestrator:
         self, generation: Generation, index: int, image: ProducedImage
     ) -> DeliveredImage:
         """Upload one image; on lasting failure hand it back inline instead."""
+        plan = generation.plan
+        if (
+            plan is not None
+            and plan.mime_type
+            and (plan.compression is not None or plan.mime_type != sniff_mime_type(image.data))
+        ):
+            try:
+                converted = await asyncio.to_thread(
+                    convert, image.data, plan.mime_type, compression=plan.compression
+                )
+            except ValueError:
+                # Unreadable: deliver what the upstream sent rather than nothing.
+                log.warning("%s image %d could not be re-encoded", generation.id, index)
+            else:
+                image = replace(image, data=converted, mime_type=plan.mime_type)
         try:
             # Off the loop like every Pillow call: a header read is cheap, but
             # PNG text and ICC chunks are decompressed on the way to it.

@@ -84,6 +84,11 @@ class GenerationRecord:
     upstream_model: str = ""
     # What the caller should know: routing, retirement, unused parameters.
     warnings: tuple[str, ...] = ()
+    # OpenAI's response fields, as delivered, and the caller's end-user id.
+    quality: str = ""
+    output_format: str = ""
+    background: str = ""
+    user: str = ""
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = asdict(self)

@@ -85,6 +85,19 @@ DEFAULT_SIZE = Size(1024, 1024)
 
 
 @dataclass(frozen=True)
+class OutputOptions:
+    """OpenAI Images' output parameters (see output_options.py); empty is unset."""
+
+    quality: str = ""
+    output_format: str = ""
+    output_compression: int | None = None
+    background: str = ""
+    moderation: str = ""
+    user: str = ""
+    partial_images: int = 0
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """A text-to-image request as the caller sent it (not yet validated)."""
 
@@ -95,6 +108,7 @@ class GenerateRequest:
     response_format: ResponseFormat = ResponseFormat.URL
     request_id: str = ""
     seed: int | None = None
+    output: OutputOptions = OutputOptions()
 
     @property
     def operation(self) -> Operation:
@@ -155,6 +169,7 @@ class EditRequest:
     request_id: str = ""
     seed: int | None = None
     options: EditOptions = NO_EDIT_OPTIONS
+    output: OutputOptions = OutputOptions()
 
 
 AnyRequest = GenerateRequest | EditRequest

@@ -157,7 +157,23 @@ def parse_generation(body: bytes) -> Generation:
     seed = _integer(fields, "seed", form=False)
     if seed is not None:
         request.seed = _check_seed(seed)
+    _output_options(request.output, fields, form=False)
     return Generation(request, _boolean(fields, "stream", form=False))
+
+
+def _output_options(target: pb.OutputOptions, fields: Mapping[str, object], *, form: bool) -> None:
+    """OpenAI's output parameters (checked for type here, for value by the service)."""
+    for name in ("quality", "output_format", "background", "moderation", "user"):
+        value = _string(fields, name)
+        if value is not None:
+            setattr(target, name, value)
+    for name in ("output_compression", "partial_images"):
+        number = _integer(fields, name, form=form)
+        if number is None:
+            continue
+        if not -_MAX_INT32 <= number <= _MAX_INT32:
+            raise RestError(400, f"'{name}' is out of range.", param=name)
+        setattr(target, name, number)
 
 
 # --- multipart ----------------------------------------------------------------
@@ -364,6 +380,7 @@ def _edit_from_form(form: _FormCollector) -> Edit:
     if seed is not None:
         request.seed = _check_seed(seed)
     _edit_options(fields, singles.get("style_image"), request)
+    _output_options(request.output, fields, form=True)
     return Edit(request, _boolean(fields, "stream", form=True))
 
 

@@ -156,10 +156,32 @@ def generation_chunks(generation: pb.Generation, *, b64: bool) -> list[bytes]:
     out.value(generation.created)
     out.text(',"data":')
     write_images(out, generation.images, b64=b64)
+    for name, value in openai_fields(generation).items():
+        out.text(f',"{name}":')
+        out.value(value)
     out.text(',"x_chuizi":')
     out.value(x_chuizi(generation))
     out.text("}")
     return out.chunks()
+
+
+def openai_fields(generation: pb.Generation) -> dict[str, str]:
+    """OpenAI's response fields: `background`, `output_format`, `quality`, `size`.
+
+    `size` is the first image's produced size (every image's is in
+    `x_chuizi.images`); a field the record does not have is left out.
+    """
+    fields: dict[str, str] = {}
+    if generation.background:
+        fields["background"] = generation.background
+    if generation.output_format:
+        fields["output_format"] = generation.output_format
+    if generation.quality:
+        fields["quality"] = generation.quality
+    produced = sorted(generation.images, key=lambda i: i.index)
+    if produced and produced[0].width:
+        fields["size"] = f"{produced[0].width}x{produced[0].height}"
+    return fields
 
 
 def model_object(model: pb.Model) -> dict[str, object]:

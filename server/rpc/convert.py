@@ -15,6 +15,7 @@ from server.domain.requests import (
     EditRequest,
     GenerateRequest,
     Operation,
+    OutputOptions,
     ResponseFormat,
 )
 
@@ -47,6 +48,20 @@ def _response_format(value: int) -> ResponseFormat:
         ) from None
 
 
+def output_options(message: pb.OutputOptions) -> OutputOptions:
+    return OutputOptions(
+        quality=message.quality,
+        output_format=message.output_format,
+        output_compression=(
+            message.output_compression if message.HasField("output_compression") else None
+        ),
+        background=message.background,
+        moderation=message.moderation,
+        user=message.user,
+        partial_images=message.partial_images,
+    )
+
+
 def generate_request(request: pb.GenerateRequest) -> GenerateRequest:
     return GenerateRequest(
         model=request.model,
@@ -56,6 +71,7 @@ def generate_request(request: pb.GenerateRequest) -> GenerateRequest:
         response_format=_response_format(request.response_format),
         request_id=request.request_id,
         seed=request.seed if request.HasField("seed") else None,
+        output=output_options(request.output),
     )
 
 
@@ -77,6 +93,7 @@ def edit_request(request: pb.EditRequest) -> EditRequest:
         request_id=request.request_id,
         seed=request.seed if request.HasField("seed") else None,
         options=_edit_options(request),
+        output=output_options(request.output),
     )
 
 
@@ -155,6 +172,9 @@ def generation(record: GenerationRecord) -> pb.Generation:
         served_by=record.served_by or record.model,
         upstream_model=record.upstream_model,
         warnings=record.warnings,
+        quality=record.quality,
+        output_format=record.output_format,
+        background=record.background,
     )
     for delivered in record.images:
         set_image(message.images.add(), delivered)

@@ -316,6 +316,7 @@ async def test_get_generation_has_the_generation_body(fake: FakeStack) -> None:
     assert response.json() == {
         "created": 1712000000,
         "data": [{"url": "https://media.test/images/gen-0123456789abcdef-0.png"}],
+        "size": "1024x1024",
         "x_chuizi": {
             "generation_id": "gen-0123456789abcdef",
             "cost": "0.05000000",

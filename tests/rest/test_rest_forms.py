@@ -63,7 +63,11 @@ async def test_single_image_and_fields() -> None:
             "n": "2",
             "response_format": "b64_json",
             "seed": "42",
-            "quality": "high",  # an OpenAI parameter the service has no use for
+            # OpenAI's output parameters travel on; the service decides on them.
+            "quality": "high",
+            "output_format": "webp",
+            "output_compression": "70",
+            "user": "end-user-7",
         },
     )
     assert edit.request == pb.EditRequest(
@@ -75,6 +79,9 @@ async def test_single_image_and_fields() -> None:
         n=2,
         response_format=pb.RESPONSE_FORMAT_INLINE,
         seed=42,
+        output=pb.OutputOptions(
+            quality="high", output_format="webp", output_compression=70, user="end-user-7"
+        ),
     )
     assert edit.stream is False
 

@@ -126,7 +126,22 @@ async def test_the_seed_curl_call_with_raw_http(stack: RealStack) -> None:
     assert response.headers["content-type"] == "application/json"
     assert "content-encoding" not in response.headers
     result = response.json()
-    assert list(result) == ["created", "data", "x_chuizi"]
+    # The seed's keys, plus OpenAI's own response fields.
+    assert list(result) == [
+        "created",
+        "data",
+        "background",
+        "output_format",
+        "quality",
+        "size",
+        "x_chuizi",
+    ]
+    assert (result["background"], result["output_format"], result["quality"]) == (
+        "opaque",
+        "png",
+        "auto",
+    )
+    assert result["size"] == "1024x1024"
     assert isinstance(result["created"], int)
     assert [list(item) for item in result["data"]] == [["url"]]
     assert list(result["x_chuizi"]) == [

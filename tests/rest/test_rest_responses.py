@@ -26,7 +26,7 @@ def test_the_seed_response_byte_for_byte() -> None:
     assert _body(generation, b64=False) == (
         b'{"created":1712000000,'
         b'"data":[{"url":"https://media.chuizi.ai/images/gen-xxxxxxxxxxxxxxxx.png"}],'
-        b'"x_chuizi":{"generation_id":"gen-xxxxxxxxxxxxxxxx","cost":"0.05000000",'
+        b'"size":"1024x1024","x_chuizi":{"generation_id":"gen-xxxxxxxxxxxxxxxx","cost":"0.05000000",'
         b'"latency_ms":8500,"model":"azure/flux-kontext-pro",'
         b'"served_by":"azure/flux-kontext-pro","upstream_model":"FLUX.1-Kontext-pro",'
         b'"images":[{"index":0,"width":1024,"height":1024,"seed":null}]}}'

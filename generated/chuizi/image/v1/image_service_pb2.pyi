@@ -60,7 +60,7 @@ MODEL_STATUS_DEPRECATED: ModelStatus
 MODEL_STATUS_RETIRED: ModelStatus
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "size", "n", "response_format", "request_id", "seed")
+    __slots__ = ("model", "prompt", "size", "n", "response_format", "request_id", "seed", "output")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class GenerateRequest(_message.Message):
     RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     size: str
@@ -75,10 +76,11 @@ class GenerateRequest(_message.Message):
     response_format: ResponseFormat
     request_id: str
     seed: int
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, str]] = ..., request_id: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    output: OutputOptions
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, str]] = ..., request_id: _Optional[str] = ..., seed: _Optional[int] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
 
 class EditRequest(_message.Message):
-    __slots__ = ("model", "prompt", "images", "mask", "operation", "size", "n", "response_format", "request_id", "seed", "search_prompt", "select_prompt", "control_strength", "fidelity", "creativity", "left", "right", "up", "down", "style_image", "style_strength", "composition_fidelity", "change_strength")
+    __slots__ = ("model", "prompt", "images", "mask", "operation", "size", "n", "response_format", "request_id", "seed", "search_prompt", "select_prompt", "control_strength", "fidelity", "creativity", "left", "right", "up", "down", "style_image", "style_strength", "composition_fidelity", "change_strength", "output")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +104,7 @@ class EditRequest(_message.Message):
     STYLE_STRENGTH_FIELD_NUMBER: _ClassVar[int]
     COMPOSITION_FIDELITY_FIELD_NUMBER: _ClassVar[int]
     CHANGE_STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
@@ -125,7 +128,26 @@ class EditRequest(_message.Message):
     style_strength: float
     composition_fidelity: float
     change_strength: float
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., operation: _Optional[_Union[Operation, str]] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, str]] = ..., request_id: _Optional[str] = ..., seed: _Optional[int] = ..., search_prompt: _Optional[str] = ..., select_prompt: _Optional[str] = ..., control_strength: _Optional[float] = ..., fidelity: _Optional[float] = ..., creativity: _Optional[float] = ..., left: _Optional[int] = ..., right: _Optional[int] = ..., up: _Optional[int] = ..., down: _Optional[int] = ..., style_image: _Optional[bytes] = ..., style_strength: _Optional[float] = ..., composition_fidelity: _Optional[float] = ..., change_strength: _Optional[float] = ...) -> None: ...
+    output: OutputOptions
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., operation: _Optional[_Union[Operation, str]] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, str]] = ..., request_id: _Optional[str] = ..., seed: _Optional[int] = ..., search_prompt: _Optional[str] = ..., select_prompt: _Optional[str] = ..., control_strength: _Optional[float] = ..., fidelity: _Optional[float] = ..., creativity: _Optional[float] = ..., left: _Optional[int] = ..., right: _Optional[int] = ..., up: _Optional[int] = ..., down: _Optional[int] = ..., style_image: _Optional[bytes] = ..., style_strength: _Optional[float] = ..., composition_fidelity: _Optional[float] = ..., change_strength: _Optional[float] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
+
+class OutputOptions(_message.Message):
+    __slots__ = ("quality", "output_format", "output_compression", "background", "moderation", "user", "partial_images")
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    MODERATION_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    quality: str
+    output_format: str
+    output_compression: int
+    background: str
+    moderation: str
+    user: str
+    partial_images: int
+    def __init__(self, quality: _Optional[str] = ..., output_format: _Optional[str] = ..., output_compression: _Optional[int] = ..., background: _Optional[str] = ..., moderation: _Optional[str] = ..., user: _Optional[str] = ..., partial_images: _Optional[int] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("index", "url", "data", "mime_type", "width", "height", "revised_prompt", "stored", "seed")
@@ -160,7 +182,7 @@ class ImageFailure(_message.Message):
     def __init__(self, image_count: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Generation(_message.Message):
-    __slots__ = ("generation_id", "model", "operation", "prompt", "size", "n", "created", "images", "cost", "latency_ms", "request_id", "filtered_count", "failures", "served_by", "upstream_model", "warnings")
+    __slots__ = ("generation_id", "model", "operation", "prompt", "size", "n", "created", "images", "cost", "latency_ms", "request_id", "filtered_count", "failures", "served_by", "upstream_model", "warnings", "quality", "output_format", "background")
     GENERATION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OPERATION_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +199,9 @@ class Generation(_message.Message):
     SERVED_BY_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_MODEL_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     generation_id: str
     model: str
     operation: Operation
@@ -193,7 +218,10 @@ class Generation(_message.Message):
     served_by: str
     upstream_model: str
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, generation_id: _Optional[str] = ..., model: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., created: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., cost: _Optional[str] = ..., latency_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., filtered_count: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[ImageFailure, _Mapping]]] = ..., served_by: _Optional[str] = ..., upstream_model: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    quality: str
+    output_format: str
+    background: str
+    def __init__(self, generation_id: _Optional[str] = ..., model: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., created: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., cost: _Optional[str] = ..., latency_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., filtered_count: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[ImageFailure, _Mapping]]] = ..., served_by: _Optional[str] = ..., upstream_model: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., quality: _Optional[str] = ..., output_format: _Optional[str] = ..., background: _Optional[str] = ...) -> None: ...
 
 class StreamGenerateResponse(_message.Message):
     __slots__ = ("image", "generation")
