@@ -84,12 +84,12 @@ class GrpcClient:
             response_format=pb.RESPONSE_FORMAT_INLINE if inline else pb.RESPONSE_FORMAT_URL,
         )
 
-    def generate(self, text: str, n: int, *, inline: bool) -> Call:
+    def generate(self, text: str, n: int, *, inline: bool, timeout_s: float = TIMEOUT_S) -> Call:
         """A call of unary `Generate` that checks it got `n` stored images."""
         request = self._request(text, n, inline)
 
         async def call() -> None:
-            reply: pb.Generation = await self.stub.Generate(request, timeout=TIMEOUT_S)
+            reply: pb.Generation = await self.stub.Generate(request, timeout=timeout_s)
             _check_images(list(reply.images), n, inline=inline)
 
         return call

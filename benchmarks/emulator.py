@@ -13,7 +13,12 @@ Two control routes exist for the harness only:
 - `POST /_bench/latencies` with a JSON list of seconds: the next requests'
   latencies, one each, in arrival order (the fault plan's `latencies`), for
   streaming runs whose fan-out calls must each take a different time.
-- `GET /_bench/stats`: the fault plan's counters.
+- `GET /_bench/stats`: the fault plan's counters, and what the OTLP route
+  below received.
+- `POST /v1/traces`: an OTLP/HTTP trace receiver that accepts and counts
+  every export (an empty `ExportTraceServiceResponse`, status 200), so
+  the production configuration's tracing exports somewhere local without a
+  collector, and the receiving costs nothing the service's figures include.
 
 It runs in its own process so that its CPU time is not counted as the
 service's, and it runs until SIGTERM or SIGINT.
@@ -60,6 +65,13 @@ def build_app(emulator: AzureFluxEmulator) -> Starlette:
         emulator.faults.latencies = [float(v) for v in values]
         return JSONResponse({"queued": len(values)})
 
+    otlp = {"exports": 0, "bytes": 0}
+
+    async def traces(request: Request) -> Response:
+        otlp["exports"] += 1
+        otlp["bytes"] += len(await request.body())
+        return Response(b"", media_type="application/x-protobuf")
+
     async def stats(request: Request) -> Response:
         s = emulator.faults.stats
         return JSONResponse(
@@ -68,6 +80,8 @@ def build_app(emulator: AzureFluxEmulator) -> Starlette:
                 "in_flight": s.in_flight,
                 "completed": s.completed,
                 "cancelled": s.cancelled,
+                "otlp_exports": otlp["exports"],
+                "otlp_bytes": otlp["bytes"],
             }
         )
 
@@ -76,6 +90,7 @@ def build_app(emulator: AzureFluxEmulator) -> Starlette:
             *emulator.routes(),
             Route("/_bench/latencies", latencies, methods=["POST"]),
             Route("/_bench/stats", stats, methods=["GET"]),
+            Route("/v1/traces", traces, methods=["POST"]),
         ]
     )
 

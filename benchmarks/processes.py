@@ -124,7 +124,7 @@ def _image_service() -> str:
 
 def base_env() -> dict[str, str]:
     # The children must not pick up a developer's own service configuration.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SERVICE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGE_SERVICE_", "OTEL_"))}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -140,6 +140,10 @@ class Stack:
     # Other environment variables of the service and sidecar only.
     service_env: dict[str, str] = field(default_factory=dict)
     noise_sizes: tuple[str, ...] = ("1mb", "3mb", "4mb")
+    # Prefix of the server's and sidecar's log files, for several stacks in one workdir.
+    name: str = ""
+    # Export traces (OTLP/HTTP) to the emulator's receiver (`benchmarks.emulator`).
+    trace_to_emulator: bool = False
     emulator: Child | None = None
     server: Child | None = None
     sidecar: Child | None = None
@@ -159,11 +163,17 @@ class Stack:
         await asyncio.to_thread(self.stop)
 
     async def start(self) -> None:
-        """Start the three processes, each once the one it calls is ready."""
+        """Start the three processes, each once the one it calls is ready; with
+        `emulator_url` already set, only the server and sidecar, calling it."""
         raise_open_files_limit()  # inherited by the children
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         env = base_env()
+        if not self.emulator_url:
+            await self._start_emulator(env)
+        await self._start_service(env)
+
+    async def _start_emulator(self, env: dict[str, str]) -> None:
         ready = re.escape(READY_PREFIX) + r"http://[^:]+:(\d+)"
         self.emulator = await start_child(
             "emulator",
@@ -182,6 +192,7 @@ class Stack:
         )
         self.emulator_url = f"http://{HOST}:{_port(self.emulator, ready)}"
 
+    async def _start_service(self, env: dict[str, str]) -> None:
         service_env = {
             **env,
             "IMAGE_SERVICE_AZURE_FLUX_ENDPOINT": self.emulator_url,
@@ -194,12 +205,14 @@ class Stack:
             **{f"IMAGE_SERVICE_{k.upper()}": v for k, v in self.settings.items()},
             **self.service_env,
         }
+        if self.trace_to_emulator:
+            service_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.emulator_url
         ready = r"serving gRPC on [^\s]+:(\d+)"
         self.server = await start_child(
             "server",
             [_image_service(), "serve", "--host", HOST, "--port", "0"],
             service_env,
-            self.workdir / "server.log",
+            self.workdir / f"{self.name}server.log",
             ready,
         )
         self.grpc_target = f"{HOST}:{_port(self.server, ready)}"
@@ -218,7 +231,7 @@ class Stack:
                 self.grpc_target,
             ],
             service_env,
-            self.workdir / "sidecar.log",
+            self.workdir / f"{self.name}sidecar.log",
             ready,
         )
         self.rest_url = f"http://{HOST}:{_port(self.sidecar, ready)}"

@@ -43,6 +43,8 @@ class CellResult:
     baseline: LoadResult | None = None
     # REST only: Content-Encoding -> responses.
     encodings: dict[str, int] = field(default_factory=dict)
+    # The service configuration measured ("bare", "production"); "" for direct.
+    config: str = ""
 
     @property
     def key(self) -> tuple[int, str, int, int]:
@@ -66,6 +68,7 @@ class StreamResult:
     # Direct emulator calls at the fastest latency, same payload.
     fastest_direct: list[float] = field(default_factory=list)
     errors: int = 0
+    config: str = ""
 
 
 @dataclass
@@ -83,6 +86,7 @@ class CapacityResult:
     peak_rss_server: float = 0.0
     baseline_rss_server: float = 0.0
     cpu_ms: float = 0.0
+    config: str = ""
 
 
 @dataclass
@@ -127,6 +131,7 @@ def grid_table(cells: Sequence[CellResult]) -> str:
     """The main table: one row per cell."""
     header = [
         "path",
+        "config",
         "upstream ms",
         "PNG",
         "n",
@@ -153,6 +158,7 @@ def grid_table(cells: Sequence[CellResult]) -> str:
         rows.append(
             [
                 PATH_LABELS.get(c.path, c.path),
+                c.config or "—",
                 str(c.latency_ms),
                 c.noise.upper().replace("MB", " MiB"),
                 str(c.n),
@@ -173,6 +179,7 @@ def grid_table(cells: Sequence[CellResult]) -> str:
 
 def stream_table(results: Sequence[StreamResult]) -> str:
     header = [
+        "config",
         "PNG",
         "upstream calls ms",
         "first image p50",
@@ -188,6 +195,7 @@ def stream_table(results: Sequence[StreamResult]) -> str:
         first50 = percentile(r.first_image, 50)
         rows.append(
             [
+                r.config,
                 r.noise.upper().replace("MB", " MiB"),
                 "/".join(str(v) for v in r.latencies_ms),
                 _ms(first50),
@@ -204,6 +212,7 @@ def stream_table(results: Sequence[StreamResult]) -> str:
 
 def capacity_table(results: Sequence[CapacityResult]) -> str:
     header = [
+        "config",
         "in flight",
         "upstream s",
         "PNG",
@@ -216,6 +225,7 @@ def capacity_table(results: Sequence[CapacityResult]) -> str:
     ]
     rows = [
         [
+            r.config,
             str(r.requested),
             f"{r.upstream_s:g}",
             r.noise.upper().replace("KB", " KiB").replace("MB", " MiB"),
@@ -243,4 +253,53 @@ def target_table(targets: Sequence[Target]) -> str:
         ]
         for t in targets
     ]
+    return _table(header, rows)
+
+
+def config_table(cells: Sequence[CellResult], base: str, other: str) -> str:
+    """Each service cell measured under both configurations: what `other` adds to `base`."""
+    header = [
+        "path",
+        "upstream ms",
+        "PNG",
+        "n",
+        "conc",
+        f"CPU ms/req {base}",
+        other,
+        "Δ CPU",
+        f"added p50 {base}",
+        other,
+        "Δ p50",
+        f"req/s {base}",
+        other,
+        f"peak RSS srv {base}",
+        other,
+    ]
+    by_key = {(c.config, c.path, c.key): c for c in cells if c.config}
+    rows = []
+    for c in cells:
+        if c.config != base:
+            continue
+        o = by_key.get((other, c.path, c.key))
+        if o is None:
+            continue
+        rows.append(
+            [
+                PATH_LABELS.get(c.path, c.path),
+                str(c.latency_ms),
+                c.noise.upper().replace("MB", " MiB"),
+                str(c.n),
+                str(c.concurrency),
+                _num(c.cpu_ms, 2),
+                _num(o.cpu_ms, 2),
+                _num((o.cpu_ms or math.nan) - (c.cpu_ms or math.nan), 2),
+                _ms(c.added(50)),
+                _ms(o.added(50)),
+                _ms(o.added(50) - c.added(50)),
+                _num(c.load.throughput),
+                _num(o.load.throughput),
+                _num(c.peak_rss_server, 0),
+                _num(o.peak_rss_server, 0),
+            ]
+        )
     return _table(header, rows)

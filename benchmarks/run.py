@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -39,6 +40,8 @@ from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
+import grpc
+
 from benchmarks import procstat
 from benchmarks.clients import Call, DirectClient, GrpcClient, RestClient, prompt
 from benchmarks.load import LoadResult, closed_loop, percentile
@@ -50,6 +53,7 @@ from benchmarks.report import (
     StreamResult,
     Target,
     capacity_table,
+    config_table,
     grid_table,
     stream_table,
     target_table,
@@ -64,6 +68,12 @@ MAX_REQUESTS_PER_CELL = 5000
 # worker (and at least MIN_REQUESTS) have completed, for at most MAX_BOXES
 # time boxes.
 MIN_REQUESTS_PER_WORKER = 2
+# The capacity run's calls per gRPC channel (one HTTP/2 connection each).
+CALLS_PER_CHANNEL = 1000
+# Each capacity call's deadline. Every call must be picked up and answered
+# by one event loop; at a few ms of CPU per generation, 10,000 take longer
+# than the load's usual 60 s on this shared machine (BENCHMARKS.md).
+CAPACITY_TIMEOUT_S = 300.0
 MIN_REQUESTS = 6
 MAX_BOXES = 4
 
@@ -87,12 +97,35 @@ class Plan:
     stream_noise: str = "3mb"
     stream_latencies_ms: tuple[int, ...] = (100, 200, 300, 400)
     stream_requests: int = 10
-    capacity: int = 2000
+    capacity: int = 10_000
     capacity_upstream_s: float = 5.0
     capacity_noise: str = "64kb"
     # Metrics and tracing on versus off (benchmarks/observability.py).
     observability_rounds: int = 5
     observability_duration_s: float = 3.0
+    # The service's configurations (CONFIGS), each measured in every cell.
+    configs: tuple[str, ...] = ("bare", "production")
+
+
+# What each configuration sets in the server's and sidecar's environment.
+# "bare": no metrics, no tracing, no access lines (WARNING). "production":
+# Prometheus metrics on both processes, every span exported over OTLP/HTTP
+# to the emulator process's receiver, JSON logs with an access line per RPC
+# and per HTTP request.
+CONFIGS: dict[str, dict[str, str]] = {
+    "bare": {
+        "IMAGE_SERVICE_METRICS": "false",
+        "IMAGE_SERVICE_LOG_LEVEL": "WARNING",
+        "OTEL_SDK_DISABLED": "true",
+    },
+    "production": {
+        "IMAGE_SERVICE_METRICS": "true",
+        "IMAGE_SERVICE_LOG_LEVEL": "INFO",
+        "IMAGE_SERVICE_LOG_FORMAT": "json",
+        "OTEL_TRACES_EXPORTER": "otlp",
+    },
+}
+TRACED_CONFIGS = frozenset({"production"})
 
 
 FULL = Plan()
@@ -161,24 +194,16 @@ async def measured_loop(
     return Window(load, cpu, peaks)
 
 
-class Bench:
-    """Runs a `Plan` against a started `Stack`."""
+@dataclass
+class Service:
+    """One configuration of the service under test: its stack and clients."""
 
-    def __init__(self, stack: Stack, plan: Plan) -> None:
-        self.stack = stack
-        self.plan = plan
-        self.grpc = GrpcClient(stack.grpc_target)
-        self.rest = RestClient(stack.rest_url)
-        self.direct = DirectClient(stack.emulator_url)
-        self.cells: list[CellResult] = []
-        self.streams: list[StreamResult] = []
-        self.capacity: list[CapacityResult] = []
-        self.observability: ObservabilityResult | None = None
+    config: str
+    stack: Stack
 
-    async def close(self) -> None:
-        await self.grpc.close()
-        await self.rest.close()
-        await self.direct.close()
+    def __post_init__(self) -> None:
+        self.grpc = GrpcClient(self.stack.grpc_target)
+        self.rest = RestClient(self.stack.rest_url)
 
     def call_for(self, path: str, text: str, n: int) -> Call:
         """The call that sends `text` asking for `n` images along `path`."""
@@ -190,9 +215,36 @@ class Bench:
             return self.rest.generate(text, n, b64=False)
         if path == "rest-b64":
             return self.rest.generate(text, n, b64=True)
-        if path == "direct":
-            return self.direct.generate(text, n)
         raise ValueError(path)
+
+    async def close(self) -> None:
+        await self.grpc.close()
+        await self.rest.close()
+
+
+class Bench:
+    """Runs a `Plan` against started services (configurations) sharing one emulator.
+
+    Every service cell is measured once per configuration, right after the
+    other, behind one direct baseline.
+    """
+
+    def __init__(self, services: Sequence[Service], plan: Plan) -> None:
+        self.services = list(services)
+        self.plan = plan
+        self.direct = DirectClient(self.services[0].stack.emulator_url)
+        self.cells: list[CellResult] = []
+        self.streams: list[StreamResult] = []
+        self.capacity: list[CapacityResult] = []
+        self.observability: ObservabilityResult | None = None
+        # What the emulator's OTLP receiver got from the traced configurations.
+        self.otlp_exports = 0
+        self.otlp_bytes = 0
+
+    async def close(self) -> None:
+        for service in self.services:
+            await service.close()
+        await self.direct.close()
 
     async def group(
         self,
@@ -220,25 +272,35 @@ class Bench:
         self.cells.append(CellResult("direct", latency_ms, noise, n, concurrency, baseline))
         log(f"  {label}: direct {baseline.throughput:.1f} req/s")
         for path in paths:
-            self.stack.check_alive()
-            cell = await self.measure(path, text, n, concurrency, duration_s, stagger_s)
-            cell = replace(cell, latency_ms=latency_ms, noise=noise, baseline=baseline)
-            self.cells.append(cell)
-            await asyncio.to_thread(self.stack.clear_media)
-            log(
-                f"  {label}: {path} {cell.load.throughput:.1f} req/s, "
-                f"+{_ms(cell.added(50))} ms p50, CPU {cell.cpu_ms or 0:.2f} ms/req, "
-                f"errors {sum(cell.load.errors.values())}"
-            )
+            for service in self.services:
+                service.stack.check_alive()
+                cell = await self.measure(
+                    service, path, text, n, concurrency, duration_s, stagger_s
+                )
+                cell = replace(cell, latency_ms=latency_ms, noise=noise, baseline=baseline)
+                self.cells.append(cell)
+                await asyncio.to_thread(service.stack.clear_media)
+                log(
+                    f"  {label}: {path} [{service.config}] {cell.load.throughput:.1f} req/s, "
+                    f"+{_ms(cell.added(50))} ms p50, CPU {cell.cpu_ms or 0:.2f} ms/req, "
+                    f"errors {sum(cell.load.errors.values())}"
+                )
 
     async def measure(
-        self, path: str, text: str, n: int, concurrency: int, duration_s: float, stagger_s: float
+        self,
+        service: Service,
+        path: str,
+        text: str,
+        n: int,
+        concurrency: int,
+        duration_s: float,
+        stagger_s: float,
     ) -> CellResult:
         """One service cell: load, CPU per request and peak RSS of server and sidecar."""
-        server_pid, sidecar_pid = pids = self.stack.service_pids()
-        encodings_before = dict(self.rest.encodings)
+        server_pid, sidecar_pid = pids = service.stack.service_pids()
+        encodings_before = dict(service.rest.encodings)
         window = await measured_loop(
-            self.call_for(path, text, n),
+            service.call_for(path, text, n),
             pids,
             concurrency,
             duration_s,
@@ -249,7 +311,7 @@ class Bench:
         per_request = 1000 / load.completed if load.completed else math.nan
         encodings = {
             k: v - encodings_before.get(k, 0)
-            for k, v in self.rest.encodings.items()
+            for k, v in service.rest.encodings.items()
             if v - encodings_before.get(k, 0)
         }
         return CellResult(
@@ -265,6 +327,7 @@ class Bench:
             peak_rss_server=window.peak_rss_mib[server_pid],
             peak_rss_sidecar=window.peak_rss_mib[sidecar_pid],
             encodings=encodings,
+            config=service.config,
         )
 
     async def grid(self) -> None:
@@ -297,10 +360,17 @@ class Bench:
         await self.group(latency, noise, n, concurrency, (REST_TARGET[0],), plan.target_duration_s)
 
     async def stream(self) -> None:
+        """Time to first image in each configuration."""
+        for service in self.services:
+            await self.stream_one(service)
+
+    async def stream_one(self, service: Service) -> None:
         """Time to first image: n=4, four calls of different latencies, URL answers."""
         plan = self.plan
         fastest = min(plan.stream_latencies_ms) / 1000
-        result = StreamResult(plan.stream_noise, list(plan.stream_latencies_ms))
+        result = StreamResult(
+            plan.stream_noise, list(plan.stream_latencies_ms), config=service.config
+        )
         direct = await closed_loop(
             self.direct.generate(prompt(plan.stream_noise, fastest), 1),
             concurrency=1,
@@ -321,7 +391,7 @@ class Bench:
         try:
             for i in range(plan.stream_requests + 1):
                 try:
-                    first, whole = await self.grpc.first_image(text, n)
+                    first, whole = await service.grpc.first_image(text, n)
                 except Exception as error:
                     log(f"  stream failed: {type(error).__name__}: {error}")
                     result.errors += 1
@@ -333,23 +403,38 @@ class Bench:
             await self.direct.set_latencies([])
         self.streams.append(result)
         log(
-            f"  stream: first image p50 {_ms(percentile(result.first_image, 50))} ms, "
+            f"  stream [{service.config}]: "
+            f"first image p50 {_ms(percentile(result.first_image, 50))} ms, "
             f"fastest call {_ms(percentile(result.fastest_direct, 50))} ms"
         )
 
     async def hold(self) -> None:
-        """Capacity: `plan.capacity` generations at once behind a slow upstream."""
+        """Capacity: `plan.capacity` generations at once behind a slow upstream,
+        in the last configuration (production's, when measured)."""
         plan = self.plan
-        server = self.stack.service_pids()[0]
-        result = CapacityResult(plan.capacity, plan.capacity_upstream_s, plan.capacity_noise)
+        service = self.services[-1]
+        server = service.stack.service_pids()[0]
+        result = CapacityResult(
+            plan.capacity, plan.capacity_upstream_s, plan.capacity_noise, config=service.config
+        )
         # Warm the path (connection, the emulator's noise cache) first.
-        await self.grpc.generate(prompt(plan.capacity_noise, 0), 1, inline=False)()
+        await service.grpc.generate(prompt(plan.capacity_noise, 0), 1, inline=False)()
         result.baseline_rss_server = procstat.rss_mib(server)
         procstat.reset_peak(server)
         cpu_start = procstat.cpu_snapshot(server)
-        call = self.grpc.generate(
-            prompt(plan.capacity_noise, plan.capacity_upstream_s), 1, inline=False
-        )
+        # As many callers' connections as production would see, one per
+        # CALLS_PER_CHANNEL calls, rather than every call on one HTTP/2 connection.
+        channels = [
+            GrpcClient(service.stack.grpc_target)
+            for _ in range(math.ceil(plan.capacity / CALLS_PER_CHANNEL))
+        ]
+        text = prompt(plan.capacity_noise, plan.capacity_upstream_s)
+        calls = [
+            channels[i % len(channels)].generate(
+                text, 1, inline=False, timeout_s=CAPACITY_TIMEOUT_S
+            )
+            for i in range(plan.capacity)
+        ]
         done = asyncio.Event()
 
         async def sample() -> None:
@@ -362,9 +447,11 @@ class Bench:
 
         sampler = asyncio.create_task(sample())
         started = time.perf_counter()
-        outcomes = await asyncio.gather(
-            *(call() for _ in range(plan.capacity)), return_exceptions=True
-        )
+        try:
+            outcomes = await asyncio.gather(*(call() for call in calls), return_exceptions=True)
+        finally:
+            for channel in channels:
+                await channel.close()
         result.wall_s = time.perf_counter() - started
         done.set()
         await sampler
@@ -372,6 +459,8 @@ class Bench:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 name = type(outcome).__name__
+                if isinstance(outcome, grpc.aio.AioRpcError):
+                    name = f"{outcome.code().name}: {outcome.details()}"[:120]
                 errors[name] = errors.get(name, 0) + 1
         result.errors = errors
         result.completed = plan.capacity - sum(errors.values())
@@ -387,17 +476,36 @@ class Bench:
     def target_results(self) -> list[Target]:
         """The issue's targets, from this run's cells."""
 
+        targets: list[Target] = []
+        for service in self.services:
+            targets += self._targets_of(service.config)
+        if self.observability is not None:
+            observed = self.observability
+            targets.append(
+                Target(
+                    "Metrics on: their updates' CPU per REST request (timed alone)",
+                    observed.metric_updates_share() * 100,
+                    5,
+                    "%",
+                    "max",
+                )
+            )
+        return targets
+
+    def _targets_of(self, config: str) -> list[Target]:
+        """The targets measured in one configuration, named with it."""
+
         def cell(spec: tuple[str, int, str, int, int]) -> CellResult | None:
             path, *key = spec
             for c in self.cells:
-                if c.path == path and list(c.key) == key:
+                if c.config == config and c.path == path and list(c.key) == key:
                     return c
             return None
 
         targets: list[Target] = []
         grpc = cell(GRPC_TARGET)
         if grpc is not None:
-            name = "gRPC n=1 3 MiB URL, 500 ms upstream, c=32"
+            name = f"[{config}] gRPC n=1 3 MiB URL, 500 ms upstream, c=32"
             targets += [
                 Target(f"{name}: service CPU per request", _nan(grpc.cpu_ms), 3, "ms", "max"),
                 Target(f"{name}: added p50", grpc.added(50) * 1000, 2, "ms", "max"),
@@ -405,7 +513,7 @@ class Bench:
             ]
         rest = cell(REST_TARGET)
         if rest is not None:
-            name = "REST b64_json 4 MiB PNG, c=8"
+            name = f"[{config}] REST b64_json 4 MiB PNG, c=8"
             compressed = sum(v for k, v in rest.encodings.items() if k != "identity")
             targets += [
                 Target(
@@ -418,30 +526,19 @@ class Bench:
                 Target(f"{name}: throughput", rest.load.throughput, 50, "req/s", "min"),
                 Target(f"{name}: compressed responses", compressed, 0, "", "max"),
             ]
-        for stream in self.streams:
+        for stream in (s for s in self.streams if s.config == config):
             gap = percentile(stream.first_image, 50) - percentile(stream.fastest_direct, 50)
             targets.append(
                 Target(
-                    "Streaming n=4: first image after the fastest call (p50)",
+                    f"[{config}] Streaming n=4: first image after the fastest call (p50)",
                     gap * 1000,
                     5,
                     "ms",
                     "max",
                 )
             )
-        if self.observability is not None:
-            observed = self.observability
-            targets.append(
-                Target(
-                    "Metrics on: their updates' CPU per REST request (timed alone)",
-                    observed.metric_updates_share() * 100,
-                    5,
-                    "%",
-                    "max",
-                )
-            )
-        for hold in self.capacity:
-            name = f"{hold.requested} in flight, {hold.upstream_s:g} s upstream"
+        for hold in (h for h in self.capacity if h.config == config):
+            name = f"[{config}] {hold.requested} in flight, {hold.upstream_s:g} s upstream"
             targets += [
                 Target(f"{name}: errors", sum(hold.errors.values()), 0, "", "max"),
                 Target(f"{name}: server peak RSS", hold.peak_rss_server, 1024, "MiB", "max"),
@@ -455,6 +552,10 @@ class Bench:
             "",
             environment(elapsed_s),
             "",
+            "## Configurations",
+            "",
+            configurations(self.services, self.otlp_exports, self.otlp_bytes),
+            "",
             "## Targets",
             "",
             target_table(self.target_results()),
@@ -463,6 +564,14 @@ class Bench:
             "",
             grid_table(self.cells),
         ]
+        configs = [s.config for s in self.services]
+        if len(configs) > 1:
+            parts += [
+                "",
+                f"## {configs[0]} against {configs[1]}",
+                "",
+                config_table(self.cells, configs[0], configs[1]),
+            ]
         if self.streams:
             parts += ["", "## Streaming: time to first image", "", stream_table(self.streams)]
         if self.capacity:
@@ -498,7 +607,21 @@ class Bench:
             "streams": [asdict(s) for s in self.streams],
             "capacity": [asdict(c) for c in self.capacity],
             "targets": [{**asdict(t), "met": t.met} for t in self.target_results()],
+            "otlp": {"exports": self.otlp_exports, "bytes": self.otlp_bytes},
         }
+
+
+def configurations(services: Sequence[Service], exports: int, nbytes: int) -> str:
+    """One line per configuration: what it sets; then what tracing exported."""
+    lines = [
+        f"- {s.config}: "
+        + ", ".join(f"`{k}={v}`" for k, v in CONFIGS[s.config].items())
+        + (", traces to the emulator's OTLP receiver" if s.config in TRACED_CONFIGS else "")
+        for s in services
+    ]
+    if any(s.config in TRACED_CONFIGS for s in services):
+        lines.append(f"- OTLP trace exports received: {exports} ({nbytes / 1e6:.1f} MB)")
+    return "\n".join(lines)
 
 
 def _ms(seconds: float) -> str:
@@ -544,12 +667,23 @@ async def run(
 ) -> tuple[Bench, float]:
     started = time.perf_counter()
     noises = {*plan.noises, plan.stream_noise, plan.capacity_noise, GRPC_TARGET[2], REST_TARGET[2]}
-    stack = Stack(
-        workdir, workdir / "media", noise_sizes=tuple(sorted(noises)), service_env=service_env
-    )
-    log(f"starting emulator, server and sidecar (logs in {workdir})")
-    async with stack:
-        bench = Bench(stack, plan)
+    log(f"starting emulator, servers and sidecars of {plan.configs} (logs in {workdir})")
+    async with contextlib.AsyncExitStack() as stacks:
+        services: list[Service] = []
+        for config in plan.configs:
+            stack = Stack(
+                workdir,
+                workdir / f"media-{config}",
+                noise_sizes=tuple(sorted(noises)),
+                service_env={**CONFIGS[config], **service_env},
+                name=f"{config}-",
+                trace_to_emulator=config in TRACED_CONFIGS,
+                # The first stack starts the emulator; the others call it.
+                emulator_url=services[0].stack.emulator_url if services else "",
+            )
+            await stacks.enter_async_context(stack)
+            services.append(Service(config, stack))
+        bench = Bench(services, plan)
         try:
             steps: list[tuple[str, Callable[[], object]]] = [
                 ("grid", bench.grid),
@@ -563,6 +697,12 @@ async def run(
                     outcome = step()
                     if asyncio.iscoroutine(outcome):
                         await outcome
+            # Stopped before the emulator (the first stack's), so that the
+            # traced services flush their last spans to its receiver first.
+            for service in services[1:]:
+                await asyncio.to_thread(service.stack.stop)
+            stats = await bench.direct.stats()
+            bench.otlp_exports, bench.otlp_bytes = stats["otlp_exports"], stats["otlp_bytes"]
         finally:
             await bench.close()
     return bench, time.perf_counter() - started
@@ -590,6 +730,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ns", help="grid n values, e.g. 1,4")
     parser.add_argument("--concurrencies", help="grid concurrencies, e.g. 1,8,32")
     parser.add_argument("--paths", help=f"grid paths (default: {','.join(SERVICE_PATHS)})")
+    parser.add_argument(
+        "--configs", help=f"service configurations, in order (default: {','.join(CONFIGS)})"
+    )
     parser.add_argument(
         "--only",
         default="grid,targets,stream,capacity,observability",
@@ -631,6 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("ns", "ns", int),
         ("concurrencies", "concurrencies", int),
         ("paths", "paths", str),
+        ("configs", "configs", str),
     ):
         value = getattr(args, flag)
         if value is not None:

@@ -27,6 +27,7 @@ from server.settings import Settings
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
 _HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _MAX_PENDING_CALLS = 10_000
+_MAX_UNREQUESTED_S = 600
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -51,6 +52,11 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # 2,000 callers, although a call waiting on an upstream costs little.
         ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
         ("grpc.server.max_pending_requests_hard_limit", 2 * _MAX_PENDING_CALLS),
+        # ... and how long such a call may wait there before grpc core cancels
+        # it (default 30 s). A burst of 10,000 callers takes the event loop
+        # longer than that to pick up, and the caller's own deadline already
+        # bounds the wait, so the queue only cancels what nobody waits for.
+        ("grpc.server_max_unrequested_time_in_server", _MAX_UNREQUESTED_S),
     ]
 
 

@@ -82,11 +82,26 @@ def test_quick_run_reports_every_section_without_errors(tmp_path: Path) -> None:
     for cell in data["cells"]:
         assert cell["load"]["errors"] == {}, cell
         assert cell["load"]["latencies_s"], cell
-    assert [s["errors"] for s in data["streams"]] == [0]
+    # Each configuration streamed, and every service cell was measured in both.
+    assert [(s["config"], s["errors"]) for s in data["streams"]] == [
+        ("bare", 0),
+        ("production", 0),
+    ]
+    service_cells = [c for c in data["cells"] if c["path"] != "direct"]
+    assert sorted(c["config"] for c in service_cells) == [
+        "bare",
+        "bare",
+        "production",
+        "production",
+    ]
+    assert "## bare against production" in text
+    # The production configuration's traces reached the local receiver.
+    assert data["otlp"]["exports"] > 0
     assert data["capacity"][0]["completed"] == 20
     assert data["capacity"][0]["errors"] == {}
     assert {t["name"] for t in data["targets"]} >= {
-        "Streaming n=4: first image after the fastest call (p50)"
+        f"[{config}] Streaming n=4: first image after the fastest call (p50)"
+        for config in ("bare", "production")
     }
 
 
