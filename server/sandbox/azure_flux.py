@@ -30,7 +30,9 @@ A success can instead name the image by URL (`{"data":[{"url": ...}]}`)
 or answer BFL's asynchronous way (`{"id", "polling_url"}`, then polls):
 `answers` sets the default, `[sandbox:answer=url|polling]` a prompt's; see
 `azure_flux_tasks`. Result URLs are served on `delivery_host` (default: the
-host the request came to) and need no key.
+host the request came to) and need no key. Polling links name the host the
+request came to and need the resource key, unless `polling_host` names
+another: that link is signed, as the result URLs are, and needs no key.
 """
 
 from __future__ import annotations
@@ -349,6 +351,8 @@ class AzureFluxEmulator:
         # The host result URLs name (None: the one the request came to), so
         # a test can put them on a host that must never see the key.
         self.delivery_host: str | None = None
+        # The host polling links name (None: the one the request came to).
+        self.polling_host: str | None = None
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -362,6 +366,7 @@ class AzureFluxEmulator:
         self.answers = AnswerPlan()
         self.tasks.reset()
         self.delivery_host = None
+        self.polling_host = None
 
     def settings_overrides(self, base_url: str) -> dict[str, str]:
         """`Settings` field values that point the real backend at this emulator."""
@@ -407,6 +412,10 @@ class AzureFluxEmulator:
             # The first request of a size encodes it (seconds for MiBs).
             await asyncio.to_thread(_noise_b64, noise)
             return _noise_response(model, job, noise)
+        return await self._answer(request, model, job)
+
+    async def _answer(self, request: Request, model: FluxModel, job: _Job) -> Response:
+        """A success, as the prompt (or `answers`) asks: base64, a URL or a polling link."""
         plan = self.answers.for_prompt(job.prompt)
         if plan.answer is Answer.BASE64:
             return JSONResponse(await asyncio.to_thread(_render, model, job))
@@ -414,8 +423,12 @@ class AzureFluxEmulator:
         if plan.answer is Answer.URL:
             item = {"url": self._delivery_url(request, task_id)}
             return JSONResponse({"data": [item], "request_meta": _request_meta(model, job)})
-        polling_url = str(request.url.replace(path=POLL_PATH, query=f"id={task_id}"))
-        return JSONResponse({"id": task_id, "polling_url": polling_url})
+        polling_url = request.url.replace(path=POLL_PATH, query=f"id={task_id}")
+        if self.polling_host is not None:
+            polling_url = polling_url.replace(hostname=self.polling_host).include_query_params(
+                sig=self.tasks.signature(task_id)
+            )
+        return JSONResponse({"id": task_id, "polling_url": str(polling_url)})
 
     def _delivery_url(self, request: Request, task_id: str) -> str:
         url = request.url.replace(path=DELIVERY_PATH.format(task_id=task_id), query="")
@@ -424,13 +437,19 @@ class AzureFluxEmulator:
         return str(url.include_query_params(sig=self.tasks.signature(task_id)))
 
     async def _poll(self, request: Request) -> Response:
-        """BFL's get_result: the resource key, then the task's status."""
-        if not self._authorized(request):
+        """BFL's get_result: the resource key (or a signed link), then the
+        task's status."""
+        task_id = request.query_params.get("id", "")
+        signature = request.query_params.get("sig")
+        if "authorization" in request.headers:
+            self.tasks.stats.polls_with_credentials += 1
+        signed = signature is not None and self.tasks.signed(task_id, signature)
+        if not signed and not self._authorized(request):
             return invalid_key()
         if self.tasks.failing_polls > 0:
             self.tasks.failing_polls -= 1
             return azure_error(500, "InternalServerError", "The server had an error.")
-        body, ready = self.tasks.poll(request.query_params.get("id", ""))
+        body, ready = self.tasks.poll(task_id)
         if ready is not None:
             body["result"] = {"sample": self._delivery_url(request, ready)}
         return JSONResponse(body)

@@ -62,6 +62,7 @@ class FluxTaskStats:
 
     linked: int = 0
     polls: int = 0
+    polls_with_credentials: int = 0
     deliveries: int = 0
     deliveries_with_credentials: int = 0
 
@@ -124,6 +125,10 @@ class FluxTasks:
     def signature(self, task_id: str) -> str:
         return hmac.new(self._secret, task_id.encode(), hashlib.sha256).hexdigest()[:32]
 
+    def signed(self, task_id: str, signature: str) -> bool:
+        """Whether `signature` is the one a link for `task_id` carries."""
+        return hmac.compare_digest(signature, self.signature(task_id))
+
     def poll(self, task_id: str) -> tuple[dict[str, Any], str | None]:
         """A poll's body, and the task id whose sample is ready (else None)."""
         self.stats.polls += 1
@@ -146,7 +151,7 @@ class FluxTasks:
         task = self._tasks.get(task_id)
         if task is None or self.urls_expired:
             return None
-        if not hmac.compare_digest(signature, self.signature(task_id)):
+        if not self.signed(task_id, signature):
             return None
         return task
 

@@ -200,3 +200,26 @@ async def test_a_malformed_link_fails_without_submitting_again(answer: dict[str,
             await backend.run(call(), Deadline.after(5))
     assert "malformed" in caught.value.message
     assert submissions == 1
+
+
+async def test_a_polling_link_on_another_host_never_gets_our_key(
+    backend: AzureFluxBackend, emulator: AzureFluxEmulator
+) -> None:
+    emulator.answers.answer = Answer.POLLING
+    emulator.polling_host = FOREIGN_HOST
+
+    result = await backend.run(call(), Deadline.after(10))
+
+    assert len(result.images) == 1
+    stats = emulator.tasks.stats
+    assert stats.polls >= 1
+    assert (stats.polls_with_credentials, stats.deliveries_with_credentials) == (0, 0)
+    assert submissions(emulator) == 1
+
+
+async def test_a_polling_link_on_the_endpoints_host_gets_our_key(
+    backend: AzureFluxBackend, emulator: AzureFluxEmulator
+) -> None:
+    emulator.answers.answer = Answer.POLLING
+    await backend.run(call(), Deadline.after(10))
+    assert emulator.tasks.stats.polls_with_credentials == emulator.tasks.stats.polls >= 1
