@@ -57,9 +57,10 @@ SANDBOX_PORT = 8090
 SERVICE = "chuizi.image.v1.ImageService"
 # The config schema refuses these names; they go to the chart's Secret.
 CREDENTIAL_NAME = re.compile(r"(API_KEY|ACCESS_KEY|SECRET|TOKEN|PASSWORD)")
-# Long enough to be in flight through the preStop sleep and into the drain,
-# short enough to finish inside the CI values' shutdown grace (10 s).
-IN_FLIGHT_LATENCY_S = 5
+# Long enough to be in flight through the preStop sleep (2 s) and well into
+# the drain, short enough to finish inside the CI values' shutdown grace (10 s).
+IN_FLIGHT_LATENCY_S = 7
+IN_FLIGHT_METRIC = re.compile(r"^image_service_generations_in_flight\{[^}]*\} (\S+)$", re.M)
 
 
 def _require(condition: bool, missing: str) -> None:
@@ -133,9 +134,12 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPod]:
     image = ci.image()
     _require(image_exists(image), f"{image} is not built: run `make image`")
 
+    ports = [
+        port["containerPort"] for name in ("server", "rest") for port in ci.container(name)["ports"]
+    ]
+    pod = Pod({port: free_port() for port in ports})
     server_port = ci.container("server")["ports"][0]["containerPort"]
     rest_port = ci.container("rest")["ports"][0]["containerPort"]
-    pod = Pod({server_port: free_port(), rest_port: free_port()})
     pod.create()
     try:
         # The emulators, from the same image and under the same restrictions.
@@ -333,6 +337,17 @@ def _generate_rest(base: str, prompt: str) -> httpx.Response:
     )
 
 
+def _generations_in_flight(running: RunningPod) -> float:
+    """The server's own count of running generations, from its metrics port."""
+    (port,) = [
+        p["containerPort"]
+        for p in running.rendered.container("server")["ports"]
+        if p["name"] == "metrics"
+    ]
+    text = httpx.get(f"http://127.0.0.1:{running.pod.ports[port]}/metrics", timeout=5).text
+    return sum(float(value) for value in IN_FLIGHT_METRIC.findall(text))
+
+
 @pytest.fixture(scope="module")
 def drained(running: RunningPod) -> dict[str, Any]:
     """Delete the pod as Kubernetes does, with generations in flight.
@@ -347,10 +362,17 @@ def drained(running: RunningPod) -> dict[str, Any]:
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
     grpc_calls = [pool.submit(_generate_grpc, running.grpc_target, prompt) for _ in range(2)]
     rest_call = pool.submit(_generate_rest, running.http_base, prompt)
+    # Pod deletion starts once the server is running all three (its own
+    # count), so they are in flight however slowly the machine got them there.
+    waited = time.monotonic()
+    while _generations_in_flight(running) < 3:
+        assert time.monotonic() - waited < 60, "the generations never reached the server"
+        time.sleep(0.05)
     deleted = time.monotonic()
     time.sleep(pre_stop_s)  # the preStop `sleep` action of both containers
     for name in ("server", "rest"):
         running.pod.signal(name, "TERM")
+    running_at_sigterm = sum(not call.done() for call in [*grpc_calls, rest_call])
     readiness: list[int | None] = []
     probe = running.rendered.container("server")["readinessProbe"]["grpc"]
     while not grpc_calls[0].done() and len(readiness) < 50:
@@ -358,7 +380,12 @@ def drained(running: RunningPod) -> dict[str, Any]:
         time.sleep(0.1)
     left_s = grace_s - (time.monotonic() - deleted)
     exits = {name: running.pod.wait_exit(name, left_s) for name in ("server", "rest")}
-    outcome: dict[str, Any] = {"exits": exits, "readiness": readiness, "grace_s": grace_s}
+    outcome: dict[str, Any] = {
+        "exits": exits,
+        "readiness": readiness,
+        "grace_s": grace_s,
+        "running_at_sigterm": running_at_sigterm,
+    }
     for key, future in (("grpc", grpc_calls), ("rest", [rest_call])):
         results = []
         for call in future:
@@ -371,6 +398,10 @@ def drained(running: RunningPod) -> dict[str, Any]:
     outcome["server_log"] = running.pod.logs("server")
     outcome["rest_log"] = running.pod.logs("rest")
     return outcome
+
+
+def test_generations_were_in_flight_at_sigterm(drained: dict[str, Any]) -> None:
+    assert drained["running_at_sigterm"] == 3
 
 
 def test_sigterm_turns_readiness_off_while_work_finishes(drained: dict[str, Any]) -> None:
