@@ -2,7 +2,8 @@
 
     python -m benchmarks.profile rest-b64 --latency 0 --noise 4mb -n 1 -c 8 --seconds 10
 
-Starts the stack as `make bench` does, drives the cell's load, and samples
+Starts the stack as `make bench` does (its `bare` configuration unless
+`--config production`), drives the cell's load, and samples
 the gRPC server and the REST sidecar with `py-spy record` (native frames
 included, idle threads excluded) meanwhile. Prints the functions that
 were on CPU most often in each process, by self time and by total time,
@@ -27,7 +28,7 @@ from pathlib import Path
 from benchmarks.clients import prompt
 from benchmarks.load import closed_loop
 from benchmarks.processes import Stack
-from benchmarks.run import FULL, Bench
+from benchmarks.run import CONFIGS, TRACED_CONFIGS, Service
 
 
 def summarise(collapsed: Path, top: int) -> str:
@@ -56,10 +57,17 @@ def summarise(collapsed: Path, top: int) -> str:
 
 async def profile(args: argparse.Namespace, workdir: Path) -> None:
     py_spy: str = args.py_spy
-    async with Stack(workdir, workdir / "media", noise_sizes=(args.noise,)) as stack:
-        bench = Bench(stack, FULL)
+    stack = Stack(
+        workdir,
+        workdir / "media",
+        noise_sizes=(args.noise,),
+        service_env=CONFIGS[args.config],
+        trace_to_emulator=args.config in TRACED_CONFIGS,
+    )
+    async with stack:
+        service = Service(args.config, stack)
         try:
-            call = bench.call_for(args.path, prompt(args.noise, args.latency / 1000), args.n)
+            call = service.call_for(args.path, prompt(args.noise, args.latency / 1000), args.n)
             outputs = {
                 "server": workdir / "server.txt",
                 "sidecar": workdir / "sidecar.txt",
@@ -105,7 +113,7 @@ async def profile(args: argparse.Namespace, workdir: Path) -> None:
                 print(f"{name} ({out}):")
                 print(summarise(out, args.top) if out.exists() else "  (py-spy wrote nothing)")
         finally:
-            await bench.close()
+            await service.close()
 
 
 def main() -> None:
@@ -116,6 +124,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=1)
     parser.add_argument("-c", type=int, default=8, help="concurrency")
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="bare")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--native", action="store_true", help="sample C frames too")
     parser.add_argument("--workdir", type=Path)
