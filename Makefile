@@ -178,6 +178,10 @@ $(PORTKEY): benchmarks/portkey/package.json
 bench-peers: install $(LITELLM) $(PORTKEY) ## The service beside LiteLLM and Portkey (installs them under .bench/)
 	$(BIN)/python -m benchmarks.peers
 
+.PHONY: reliability
+reliability: install ## Reliability suite: fuzzers, faults, storage outage, SIGTERM drains, soak (~10 min)
+	$(BIN)/python -m reliability.run --out reliability-table.md
+
 .PHONY: clean
 clean: ## Remove the venv, tools, peers and caches
 	rm -rf $(VENV) $(TOOLS) $(BENCH) .pytest_cache .mypy_cache .ruff_cache
