@@ -6,6 +6,7 @@
     GET  /v1/models/{model}       one entry of ListModels
     GET  /v1/generations/{id}     GetGeneration, the generation body shape
     GET  /healthz, /readyz        process up / gRPC service serving (app only)
+    GET  /openapi.json            the OpenAPI document of all this (app only)
 
 Every response carries `X-Request-Id` (the caller's, or a generated one) and
 every error is OpenAI's `{"error": {...}}` shape (`server.rest.errors`). The
@@ -45,6 +46,7 @@ from server.rest.errors import (
     from_rpc_error,
 )
 from server.rest.observing import ObservingMiddleware, metrics_route
+from server.rest.openapi import openapi_document
 from server.rest.responses import ChunkedJSONResponse, generation_chunks, model_list, model_object
 from server.rest.streaming import EDIT_IMAGE_EVENT, GENERATION_IMAGE_EVENT, start_stream
 from server.rest.upstream import (
@@ -273,6 +275,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error.response()
 
 
+def openapi_route() -> BaseRoute:
+    """`GET /openapi.json`: the document of the routes above (server/rest/openapi.py)."""
+    document = openapi_document()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    return Route("/openapi.json", openapi, methods=["GET"])
+
+
 def create_app(
     channel: grpc.aio.Channel,
     settings: Settings,
@@ -294,6 +306,7 @@ def create_app(
         routes=[
             *rest_routes(channel, settings, drain),
             *health_routes(channel, drain),
+            openapi_route(),
             *observability,
             *extra_routes,
         ],
