@@ -161,13 +161,18 @@ def parse_generation(body: bytes) -> Generation:
     return Generation(request, _boolean(fields, "stream", form=False))
 
 
+# OpenAI's output parameters, by type (the OpenAPI document lists them too).
+OUTPUT_TEXT_FIELDS = ("quality", "output_format", "background", "moderation", "user")
+OUTPUT_INTEGER_FIELDS = ("output_compression", "partial_images")
+
+
 def _output_options(target: pb.OutputOptions, fields: Mapping[str, object], *, form: bool) -> None:
     """OpenAI's output parameters (checked for type here, for value by the service)."""
-    for name in ("quality", "output_format", "background", "moderation", "user"):
+    for name in OUTPUT_TEXT_FIELDS:
         value = _string(fields, name)
         if value is not None:
             setattr(target, name, value)
-    for name in ("output_compression", "partial_images"):
+    for name in OUTPUT_INTEGER_FIELDS:
         number = _integer(fields, name, form=form)
         if number is None:
             continue

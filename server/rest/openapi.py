@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.rest.forms import EDIT_OPERATIONS, MAX_JSON_DEPTH
+from server.operation_names import (
+    EDIT_NUMBER_FIELDS,
+    EDIT_OPERATIONS,
+    EDIT_PIXEL_FIELDS,
+    EDIT_TEXT_FIELDS,
+)
+from server.rest.forms import MAX_JSON_DEPTH, OUTPUT_INTEGER_FIELDS, OUTPUT_TEXT_FIELDS
 
 _ERROR = {
     "type": "object",
@@ -53,6 +59,9 @@ _COMMON_FIELDS: dict[str, Any] = {
     "response_format": {"type": "string", "enum": ["url", "b64_json"]},
     "stream": {"type": "boolean"},
     "seed": {"type": "integer", "minimum": 0, "maximum": 4294967295},
+    # OpenAI's output parameters: honoured, reported or refused by the service.
+    **{name: {"type": "string"} for name in OUTPUT_TEXT_FIELDS},
+    **{name: {"type": "integer"} for name in OUTPUT_INTEGER_FIELDS},
 }
 _ERRORS = {
     status: {
@@ -136,6 +145,10 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
                                             "enum": list(EDIT_OPERATIONS),
                                         },
                                         **_COMMON_FIELDS,
+                                        # The operations' own parameters.
+                                        **{f: {"type": "string"} for f in EDIT_TEXT_FIELDS},
+                                        **{f: {"type": "number"} for f in EDIT_NUMBER_FIELDS},
+                                        **{f: {"type": "integer"} for f in EDIT_PIXEL_FIELDS},
                                     },
                                 }
                             }
