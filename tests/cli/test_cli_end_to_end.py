@@ -37,8 +37,11 @@ async def _run(*args: str, cwd: pathlib.Path) -> tuple[int, str, str]:
     return process.returncode or 0, out.decode(), err.decode()
 
 
-@pytest.fixture
-async def dev(tmp_path: pathlib.Path) -> AsyncIterator[Dev]:
+# One `image-service dev` for the module: starting it is most of these tests'
+# time, and each test writes under its own names in the work directory.
+@pytest.fixture(scope="module")
+async def dev(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dev]:
+    tmp_path = tmp_path_factory.mktemp("dev")
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SERVICE_")}
     process = await asyncio.create_subprocess_exec(
         CLI,

@@ -27,12 +27,6 @@ PROMPT = "a lighthouse drawn in chalk"
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as running:
-        yield running
-
-
-@pytest.fixture
 async def both(sandbox: SandboxServer, tmp_path: pathlib.Path) -> AsyncIterator[TwoProcesses]:
     async with two_processes(sandbox, tmp_path) as running:
         yield running

@@ -39,12 +39,6 @@ MODEL = "azure/flux-2-pro"  # one image per upstream call: n images = n calls
 RPC_TIMEOUT_S = 20.0
 
 
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as server:
-        yield server
-
-
 def upstream_calls(sandbox: SandboxServer) -> int:
     """Requests the FLUX emulator received: what the service paid for."""
     return sandbox.azure_flux.faults.stats.received
