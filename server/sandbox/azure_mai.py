@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import math
 import time
@@ -45,6 +46,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -70,6 +73,13 @@ from server.sandbox.render import render_image
 SANDBOX_AZURE_MAI_KEY = "sandbox-azure-mai-key"
 ROUTE = "/mai/v1/images/generations"
 DEFAULT_DEPLOYMENTS = ("MAI-Image-2", "MAI-Image-2.6", "MAI-Image-2.6-Flash")
+EDIT_ROUTE = "/mai/v1/images/edits"
+# Deployments of models that edit (MAI-Image-2.5 and 2.6; MAI-Image-2 does not).
+EDITING_MODELS = frozenset(
+    {"mai-image-2.5", "mai-image-2.5-flash", "mai-image-2.6", "mai-image-2.6-flash"}
+)
+MAX_EDIT_IMAGES = 5
+_EDIT_IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 API_VERSIONS = frozenset({"preview"})
 
 CONTENT_FILTER_PROMPT = "prompt"
@@ -124,6 +134,34 @@ def _validate(body: dict[str, Any], deployment: str) -> _Job:
             f"'width' * 'height' must be at most {MAX_PIXELS} pixels; got {width * height}."
         )
     return _Job(deployment, prompt, width, height)
+
+
+def _edit_job(deployment: str, prompt: object, images: list[bytes]) -> _Job:
+    """The job an edit form asks for; `_Invalid` with the 400's message otherwise."""
+    if deployment.lower() not in EDITING_MODELS:
+        raise _Invalid(f"{deployment} does not support image edits.")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise _Invalid("'prompt' is required.")
+    if not 1 <= len(images) <= MAX_EDIT_IMAGES:
+        raise _Invalid(f"Between 1 and {MAX_EDIT_IMAGES} 'image[]' files are required.")
+    sizes = []
+    for data in images:
+        try:
+            with Image.open(io.BytesIO(data)) as opened:
+                if opened.format not in _EDIT_IMAGE_FORMATS:
+                    raise ValueError
+                sizes.append(opened.size)
+        except (UnidentifiedImageError, OSError, ValueError):
+            raise _Invalid("Each 'image[]' must be a JPEG, PNG or WebP image.") from None
+    width, height = _fit(*sizes[0])
+    return _Job(deployment, prompt, width, height)
+
+
+def _fit(width: int, height: int) -> tuple[int, int]:
+    """An edit's output size: the input's proportions within 1,048,576 pixels,
+    in multiples of 16 (sides may fall under 768 for shapes beyond 16:9)."""
+    scale = math.sqrt(MAX_PIXELS / (width * height))
+    return max(16, int(width * scale) // 16 * 16), max(16, int(height * scale) // 16 * 16)
 
 
 def _render(job: _Job) -> dict[str, Any]:
@@ -213,7 +251,10 @@ class AzureMaiEmulator:
         self.received: deque[Received] = deque(maxlen=64)
 
     def routes(self) -> list[BaseRoute]:
-        return [Route(ROUTE, self.faults.endpoint(self._handle), methods=["POST"])]
+        return [
+            Route(ROUTE, self.faults.endpoint(self._handle), methods=["POST"]),
+            Route(EDIT_ROUTE, self.faults.endpoint(self._handle_edit), methods=["POST"]),
+        ]
 
     def settings_overrides(self, base_url: str) -> dict[str, str]:
         """`Settings` field values that point the real backend at this emulator."""
@@ -231,7 +272,8 @@ class AzureMaiEmulator:
         self._admitted.append(now)
         return None
 
-    async def _handle(self, request: Request, exchange: Exchange) -> Response:
+    def _refused(self, request: Request) -> Response | None:
+        """The answer to a request without the right key or api-version, if any."""
         key = request.headers.get("api-key")
         if key is None:
             return azure_error(
@@ -245,6 +287,55 @@ class AzureMaiEmulator:
         version = request.query_params.get("api-version")
         if version is not None and version not in API_VERSIONS:
             return unsupported_api_version()
+        return None
+
+    async def _handle_edit(self, request: Request, exchange: Exchange) -> Response:
+        """`POST /mai/v1/images/edits`: a multipart form (model, prompt, image[]...)."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return azure_error(400, "BadRequest", "The request must be multipart/form-data.")
+        async with request.form(max_files=MAX_EDIT_IMAGES + 1) as form:
+            named = form.get("model")
+            prompt = form.get("prompt")
+            uploads = [*form.getlist("image[]"), *form.getlist("image")]
+            images = [await upload.read() for upload in uploads if isinstance(upload, UploadFile)]
+        self.received.append(
+            Received(
+                {"model": named, "prompt": prompt, "images": len(images), "edit": True},
+                time.monotonic(),
+                request.query_params.get("api-version"),
+            )
+        )
+        if not isinstance(named, str) or not named.strip():
+            return azure_error(400, "BadRequest", "'model' is required.")
+        deployment = self.deployments.get(named.strip().lower())
+        if deployment is None:
+            return azure_error(
+                404,
+                "DeploymentNotFound",
+                "The API deployment for this resource does not exist. If you created the "
+                "deployment within the last 5 minutes, please wait a moment and try again.",
+            )
+        try:
+            job = _edit_job(deployment, prompt, images)
+        except _Invalid as invalid:
+            return azure_error(400, "BadRequest", str(invalid))
+        wait = self._over_quota()
+        if wait is not None:
+            self.rate_limited += 1
+            return _rate_limited(max(wait, 0.001))
+        fault = await exchange.begin(job.prompt)
+        if fault.mode is not FaultMode.NONE:
+            return _fault_response(fault)
+        return JSONResponse(await asyncio.to_thread(_render, job))
+
+    async def _handle(self, request: Request, exchange: Exchange) -> Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        version = request.query_params.get("api-version")
         try:
             body = json.loads(await request.body())
         except ValueError:

@@ -17,7 +17,7 @@ from server.sandbox.faults import FaultMode
 from server.sandbox.server import SandboxServer
 from tests.rpc.conftest import ErrorDetails, Stack, details_of
 from tests.rpc.stacks import running_stack
-from tests.support.images import size_of
+from tests.support.images import png, size_of
 
 MAI = "azure/mai-image-2"
 
@@ -188,3 +188,37 @@ async def test_requests_per_minute_setting_fails_what_cannot_start_in_time(
     assert details.metadata["limit"] == "requests_per_minute"
     assert details.retry_delay_s is not None and 50 < details.retry_delay_s <= 60
     assert sandbox.azure_mai.faults.stats.received == 2
+
+
+async def test_mai_2_6_edits_with_references_end_to_end(stack: Stack) -> None:
+    photo, reference = png(1024, 768), png(300, 300, (0, 0, 200))
+    generation = await stack.stub.Edit(
+        pb.EditRequest(
+            model="azure/mai-image-2.6-flash",
+            prompt="put the hat from image 2 on the fox",
+            images=[photo, reference],
+            response_format=pb.RESPONSE_FORMAT_INLINE,
+        ),
+        timeout=30,
+    )
+    (image,) = generation.images
+    assert (image.width, image.height) == size_of(image.data)
+    assert abs(image.width / image.height - 4 / 3) < 0.02
+    assert generation.upstream_model == "MAI-Image-2.6-Flash"
+    (received,) = stack.sandbox.azure_mai.received
+    assert (received.body["edit"], received.body["images"]) == (True, 2)
+    # The retired seed name routes to MAI-Image-2.6, so it edits too, and says so.
+    routed = await stack.stub.Edit(
+        pb.EditRequest(model="azure/mai-image-2", prompt="x", images=[photo]), timeout=30
+    )
+    assert routed.served_by == "azure/mai-image-2.6" and routed.warnings
+    # An edit with a size is refused naming it: the route takes none.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.Edit(
+            pb.EditRequest(
+                model="azure/mai-image-2.6", prompt="x", images=[photo], size="1024x1024"
+            ),
+            timeout=30,
+        )
+    assert details_of(caught.value).violations[0][0] == "size"
+    assert stack.sandbox.azure_mai.faults.stats.received == 2

@@ -14,6 +14,7 @@ from PIL import Image
 from server.sandbox.azure_mai import CONTENT_FILTER_OUTPUT, SANDBOX_AZURE_MAI_KEY
 from server.sandbox.faults import FaultMode
 from server.sandbox.server import SandboxServer
+from tests.support.images import png, size_of
 
 AUTH = {"api-key": SANDBOX_AZURE_MAI_KEY}
 ROUTE = "/mai/v1/images/generations"
@@ -95,8 +96,11 @@ async def test_auth_route_and_deployment_errors(client: httpx.AsyncClient) -> No
     assert (await post(client, body(model="mai-image-2"))).status_code == 200
     assert (await post(client, body(), params={"api-version": "preview"})).status_code == 200
     assert (await post(client, body(), params={"api-version": "1999-01-01"})).status_code == 400
-    route = await client.post("/mai/v1/images/edits", json=body(), headers=AUTH)
-    assert route.status_code == 404
+    # The edits route exists (MAI-Image-2.5/2.6) and takes multipart only.
+    as_json = await client.post("/mai/v1/images/edits", json=body(), headers=AUTH)
+    assert (as_json.status_code, as_json.json()["error"]["code"]) == (400, "BadRequest")
+    other = await client.post("/mai/v1/images/variations", json=body(), headers=AUTH)
+    assert other.status_code == 404
 
 
 async def test_fault_shapes(client: httpx.AsyncClient, sandbox: SandboxServer) -> None:
@@ -184,3 +188,27 @@ async def test_prompt_directives_drive_faults_and_stay_out_of_the_image(
     assert (refused.status_code, refused.headers["retry-after"]) == (429, "3")
     received = sandbox.azure_mai.received[-1]
     assert received.body["prompt"].startswith("fox")
+
+
+async def test_the_edit_route_checks_its_form_as_documented(client: httpx.AsyncClient) -> None:
+    def form(model: str, images: int, prompt: str = "a hat") -> dict[str, object]:
+        return {
+            "data": {"model": model, "prompt": prompt},
+            # A form without images still goes as multipart, with another part.
+            "files": [("image[]", (f"{i}.png", png(900, 600), "image/png")) for i in range(images)]
+            or [("note", ("note.txt", b"no image", "text/plain"))],
+        }
+
+    ok = await client.post("/mai/v1/images/edits", headers=AUTH, **form("MAI-Image-2.6", 2))
+    assert ok.status_code == 200
+    data = base64.b64decode(ok.json()["data"][0]["b64_json"])
+    width, height = size_of(data)
+    assert width * height <= 1024 * 1024 and abs(width / height - 1.5) < 0.02
+    for bad, words in [
+        (form("MAI-Image-2", 1), "does not support image edits"),
+        (form("MAI-Image-2.6", 0), "Between 1 and 5"),
+        (form("MAI-Image-2.6", 6), "Between 1 and 5"),
+        (form("MAI-Image-2.6", 1, prompt=" "), "'prompt' is required"),
+    ]:
+        refused = await client.post("/mai/v1/images/edits", headers=AUTH, **bad)
+        assert refused.status_code == 400 and words in refused.json()["error"]["message"]

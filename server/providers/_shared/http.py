@@ -329,14 +329,18 @@ async def send_with_retry(
     params: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
     classify: Classifier | None = None,
+    body: bytes | None = None,
 ) -> T:
     """`send_once` and `parse` under `policy.run`, until success, a permanent
     error or the deadline.
 
+    The request body is `json_body` (encoded here) or `body`, bytes already
+    encoded (a multipart form: its Content-Type goes in `headers`).
+
     `parse` turns the 2xx response into the result and may raise domain
     errors itself (a retryable one, like a malformed body, is retried).
     """
-    content = None
+    content = body
     request_headers = dict(headers or {})
     if json_body is not None:
         # Encoded once: a body can carry several base64 images.

@@ -7,10 +7,11 @@ from pydantic import SecretStr
 
 from server.domain.deadline import Deadline
 from server.domain.ports import UpstreamCall, UpstreamResult
+from server.domain.requests import Operation
 from server.domain.retry import RetryPolicy
 from server.providers._shared.http import owned_client, send_with_retry
 from server.providers.azure_mai.errors import UPSTREAM, classify
-from server.providers.azure_mai.request import ROUTE, request_body
+from server.providers.azure_mai.request import EDIT_ROUTE, ROUTE, edit_form, request_body
 from server.providers.azure_mai.response import parse_response
 
 
@@ -37,6 +38,7 @@ class AzureMaiBackend:
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError("the Azure MAI endpoint must be an http(s) URL")
         self._url = endpoint.rstrip("/") + ROUTE
+        self._edit_url = endpoint.rstrip("/") + EDIT_ROUTE
         self._api_key = api_key
         self._deployment = deployment.strip()
         self._params = {"api-version": api_version} if api_version else None
@@ -45,7 +47,26 @@ class AzureMaiBackend:
         self._http = owned_client(client, timeout_s=timeout_s, transport=transport)
 
     async def run(self, call: UpstreamCall, deadline: Deadline) -> UpstreamResult:
-        """One MAI generation (one image), retried within `deadline`."""
+        """One MAI generation or prompt edit (one image), retried within `deadline`."""
+        if call.operation is Operation.PROMPT_EDIT:
+            form, content_type = edit_form(call, self._deployment)
+            return await send_with_retry(
+                self._http.resource,
+                "POST",
+                self._edit_url,
+                upstream=UPSTREAM,
+                policy=self._retry,
+                deadline=deadline,
+                timeout_s=self._timeout_s,
+                parse=parse_response,
+                body=form,
+                params=self._params,
+                headers={
+                    "api-key": self._api_key.get_secret_value(),
+                    "Content-Type": content_type,
+                },
+                classify=classify,
+            )
         return await send_with_retry(
             self._http.resource,
             "POST",
