@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import pathlib
 
 import pytest
 
@@ -150,3 +151,17 @@ def test_the_shipped_catalogue_states_the_known_retirements() -> None:
     assert catalogue.get("azure/mai-image-2.6").seed is SeedSupport.NONE
     assert catalogue.get("google/imagen-4.0").seed is SeedSupport.FORWARDED
     assert catalogue.get("azure/flux-2-pro").seed is SeedSupport.RANDOM
+
+
+def test_every_price_is_cited_in_the_models_docs() -> None:
+    """Each catalogue model appears in docs/models-*.md with its price (or as unknown)."""
+    docs = "\n".join(
+        path.read_text("utf-8")
+        for path in (pathlib.Path(__file__).parents[2] / "docs").glob("models-*.md")
+    )
+    for model in Catalogue.load():
+        assert f"`{model.name}`" in docs or model.name.split("/")[1] in docs, model.name
+        if model.price_per_image is None:
+            continue
+        shown = f"${model.price_per_image.normalize():f}"
+        assert shown in docs, f"{model.name}: {shown} is not cited in docs/models-*.md"
