@@ -65,7 +65,9 @@ def prompt(noise: str, latency_s: float | None) -> str:
 class GrpcClient:
     """Calls `chuizi.image.v1.ImageService` at `target` over one channel."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, api_key: str = "") -> None:
+        # Sent as `authorization: Bearer <key>` when the service checks keys.
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self.channel = grpc.aio.insecure_channel(
             target,
             options=[
@@ -89,7 +91,9 @@ class GrpcClient:
         request = self._request(text, n, inline)
 
         async def call() -> None:
-            reply: pb.Generation = await self.stub.Generate(request, timeout=timeout_s)
+            reply: pb.Generation = await self.stub.Generate(
+                request, timeout=timeout_s, metadata=self.metadata
+            )
             _check_images(list(reply.images), n, inline=inline)
 
         return call
@@ -100,7 +104,9 @@ class GrpcClient:
         started = time.perf_counter()
         first = 0.0
         images: list[pb.Image] = []
-        call = self.stub.StreamGenerate(self._request(text, n, False), timeout=TIMEOUT_S)
+        call = self.stub.StreamGenerate(
+            self._request(text, n, False), timeout=TIMEOUT_S, metadata=self.metadata
+        )
         async for message in call:
             if message.WhichOneof("event") == "image":
                 if not images:

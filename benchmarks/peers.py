@@ -47,7 +47,6 @@ import json
 import math
 import os
 import secrets
-import socket
 import sys
 import tempfile
 import time
@@ -62,7 +61,7 @@ from benchmarks import procstat
 from benchmarks.clients import DirectClient, RestClient, prompt
 from benchmarks.emulator import API_KEY
 from benchmarks.load import LoadResult, percentile
-from benchmarks.processes import HOST, REPO_ROOT, Child, Stack, base_env, start_child
+from benchmarks.processes import HOST, REPO_ROOT, Child, Stack, base_env, free_port, start_child
 from benchmarks.run import MAX_REQUESTS_PER_CELL, environment, log, measured_loop
 
 BENCH_DIR = REPO_ROOT / ".bench"
@@ -120,14 +119,6 @@ class PeerCell:
     @property
     def cpu_ms(self) -> float:
         return self.cpu_s * 1000 / self.completed if self.completed else math.nan
-
-
-def free_port() -> int:
-    """A loopback port free right now (for programs that cannot take port 0)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def start_litellm(workdir: Path, emulator_url: str) -> System:

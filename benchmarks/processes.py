@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -114,12 +115,20 @@ def _port(child: Child, ready: str) -> int:
     return int(match.group(1))
 
 
-def _image_service() -> str:
+def image_service() -> str:
     """The `image-service` console script of this interpreter's environment."""
     script = Path(sys.executable).with_name("image-service")
     if not script.exists():
         raise ProcessFailed(f"{script} is missing; run `make install` first")
     return str(script)
+
+
+def free_port() -> int:
+    """A loopback port free right now (for programs that cannot take port 0)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def base_env() -> dict[str, str]:
@@ -210,7 +219,7 @@ class Stack:
         ready = r"serving gRPC on [^\s]+:(\d+)"
         self.server = await start_child(
             "server",
-            [_image_service(), "serve", "--host", HOST, "--port", "0"],
+            [image_service(), "serve", "--host", HOST, "--port", "0"],
             service_env,
             self.workdir / f"{self.name}server.log",
             ready,
@@ -221,7 +230,7 @@ class Stack:
         self.sidecar = await start_child(
             "sidecar",
             [
-                _image_service(),
+                image_service(),
                 "rest",
                 "--host",
                 HOST,

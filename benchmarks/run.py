@@ -42,7 +42,7 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks import procstat
+from benchmarks import keyed, procstat
 from benchmarks.clients import Call, DirectClient, GrpcClient, RestClient, prompt
 from benchmarks.load import LoadResult, closed_loop, percentile
 from benchmarks.observability import ObservabilityResult, compare
@@ -114,6 +114,7 @@ class Plan:
 # and per HTTP request.
 CONFIGS: dict[str, dict[str, str]] = {
     "bare": {
+        "IMAGE_SERVICE_AUTH": "none",
         "IMAGE_SERVICE_METRICS": "false",
         "IMAGE_SERVICE_LOG_LEVEL": "WARNING",
         "OTEL_SDK_DISABLED": "true",
@@ -126,6 +127,10 @@ CONFIGS: dict[str, dict[str, str]] = {
     },
 }
 TRACED_CONFIGS = frozenset({"production"})
+# Configurations whose callers present API keys checked against Redis, with
+# per-key and per-provider limits counted there (when this service has
+# `image-service keys` and redis-server is installed: `benchmarks.keyed`).
+KEYED_CONFIGS = frozenset({"production"})
 
 
 FULL = Plan()
@@ -200,10 +205,13 @@ class Service:
 
     config: str
     stack: Stack
+    # The caller's API key when the configuration checks keys, else "".
+    api_key: str = ""
 
     def __post_init__(self) -> None:
-        self.grpc = GrpcClient(self.stack.grpc_target)
-        self.rest = RestClient(self.stack.rest_url)
+        self.grpc = GrpcClient(self.stack.grpc_target, self.api_key)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        self.rest = RestClient(self.stack.rest_url, headers=headers)
 
     def call_for(self, path: str, text: str, n: int) -> Call:
         """The call that sends `text` asking for `n` images along `path`."""
@@ -425,7 +433,7 @@ class Bench:
         # As many callers' connections as production would see, one per
         # CALLS_PER_CHANNEL calls, rather than every call on one HTTP/2 connection.
         channels = [
-            GrpcClient(service.stack.grpc_target)
+            GrpcClient(service.stack.grpc_target, service.api_key)
             for _ in range(math.ceil(plan.capacity / CALLS_PER_CHANNEL))
         ]
         text = prompt(plan.capacity_noise, plan.capacity_upstream_s)
@@ -617,8 +625,11 @@ def configurations(services: Sequence[Service], exports: int, nbytes: int) -> st
         f"- {s.config}: "
         + ", ".join(f"`{k}={v}`" for k, v in CONFIGS[s.config].items())
         + (", traces to the emulator's OTLP receiver" if s.config in TRACED_CONFIGS else "")
+        + (f", {keyed.DESCRIPTION}" if s.api_key else "")
         for s in services
     ]
+    if any(s.config in KEYED_CONFIGS and not s.api_key for s in services):
+        lines.append(f"- no API keys or Redis in this run: {keyed.UNSUPPORTED}")
     if any(s.config in TRACED_CONFIGS for s in services):
         lines.append(f"- OTLP trace exports received: {exports} ({nbytes / 1e6:.1f} MB)")
     return "\n".join(lines)
@@ -671,18 +682,24 @@ async def run(
     async with contextlib.AsyncExitStack() as stacks:
         services: list[Service] = []
         for config in plan.configs:
+            extra: dict[str, str] = {}
+            api_key = ""
+            if config in KEYED_CONFIGS and keyed.supported():
+                redis_url = await stacks.enter_async_context(keyed.redis_server(workdir, config))
+                api_key = await keyed.create_key(redis_url)
+                extra = keyed.service_env(redis_url)
             stack = Stack(
                 workdir,
                 workdir / f"media-{config}",
                 noise_sizes=tuple(sorted(noises)),
-                service_env={**CONFIGS[config], **service_env},
+                service_env={**CONFIGS[config], **extra, **service_env},
                 name=f"{config}-",
                 trace_to_emulator=config in TRACED_CONFIGS,
                 # The first stack starts the emulator; the others call it.
                 emulator_url=services[0].stack.emulator_url if services else "",
             )
             await stacks.enter_async_context(stack)
-            services.append(Service(config, stack))
+            services.append(Service(config, stack, api_key))
         bench = Bench(services, plan)
         try:
             steps: list[tuple[str, Callable[[], object]]] = [
