@@ -487,6 +487,7 @@ class Bench:
         targets: list[Target] = []
         for service in self.services:
             targets += self._targets_of(service.config)
+        targets += self._budget_targets()
         if self.observability is not None:
             observed = self.observability
             targets.append(
@@ -498,6 +499,36 @@ class Bench:
                     "max",
                 )
             )
+        return targets
+
+    def _budget_targets(self) -> list[Target]:
+        """What the second configuration (production) may add to the first
+        (bare) in the target cells: 1 ms of CPU and 1 ms of added p50."""
+        if len(self.services) < 2:
+            return []
+        base, other = self.services[0].config, self.services[1].config
+        found = {(c.config, c.path, c.key): c for c in self.cells}
+        targets: list[Target] = []
+        for spec, label in (
+            (GRPC_TARGET, "gRPC n=1 3 MiB URL, 500 ms, c=32"),
+            (REST_TARGET, "REST b64_json 4 MiB, c=8"),
+        ):
+            path, *key = spec
+            a = found.get((base, path, tuple(key)))
+            b = found.get((other, path, tuple(key)))
+            if a is None or b is None:
+                continue
+            name = f"{other} − {base}, {label}"
+            targets += [
+                Target(
+                    f"{name}: CPU per request",
+                    _nan(b.cpu_ms) - _nan(a.cpu_ms),
+                    1,
+                    "ms",
+                    "max",
+                ),
+                Target(f"{name}: added p50", (b.added(50) - a.added(50)) * 1000, 1, "ms", "max"),
+            ]
         return targets
 
     def _targets_of(self, config: str) -> list[Target]:
@@ -527,7 +558,7 @@ class Bench:
                 Target(
                     f"{name}: CPU per request (server + sidecar)",
                     _nan(rest.cpu_ms),
-                    30,
+                    10,
                     "ms",
                     "max",
                 ),
