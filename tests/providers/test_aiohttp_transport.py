@@ -19,7 +19,7 @@ import httpx
 import pytest
 import trustme
 
-from server.providers._shared.aiohttp_transport import AiohttpTransport
+from server.providers._shared.aiohttp_transport import AiohttpTransport, default_ssl_context
 from server.providers._shared.http import new_client
 
 Handler = Callable[[bytes, bytes, asyncio.StreamWriter], Awaitable[None]]
@@ -257,3 +257,11 @@ async def test_https_upstreams_are_verified_against_the_trusted_cas() -> None:
         async with new_client(timeout_s=5) as default:
             with pytest.raises(httpx.ConnectError):
                 await default.get(server.url)
+
+
+def test_the_default_tls_context_is_made_once_and_verifies() -> None:
+    # Shared by every client (loading the CA bundle costs tens of ms each time),
+    # and still the verifying default that the test above relies on.
+    context = default_ssl_context()
+    assert context is default_ssl_context()
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname

@@ -31,6 +31,7 @@ What the transport guarantees:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import ssl
 import urllib.request
@@ -89,6 +90,18 @@ class _WholeBody(httpx.AsyncByteStream):
             self._response.close()  # unread bytes: the connection cannot be reused
 
 
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """httpx's default context (certifi's CAs), so verification does not change
+    with the transport; made once per process and shared by every client.
+
+    Loading the CA bundle costs tens of milliseconds of CPU, which every
+    backend (and every service a test builds) would otherwise pay again; a
+    context is safe to share between connections.
+    """
+    return httpx.create_ssl_context()
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """An `httpx.AsyncBaseTransport` over one `aiohttp.ClientSession`.
 
@@ -106,9 +119,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     ) -> None:
         self._max_connections = max_connections or 0  # aiohttp: 0 is no limit
         self._keepalive_expiry_s = keepalive_expiry_s
-        # httpx's default context (certifi's CAs), so verification does not
-        # change with the transport.
-        self._ssl = ssl_context or httpx.create_ssl_context()
+        self._ssl = ssl_context or default_ssl_context()
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[tuple[str, str], str | None] = {}
 
