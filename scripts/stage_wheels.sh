@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Download the image's runtime dependencies (and hatchling, to build the
-# project) as wheels for the image's Python into container/wheels/.
+# Download the image's runtime dependencies (plus hatchling, to build the
+# project, and a current pip, to install) as wheels for the image's Python into container/wheels/.
 #
 # This runs pip on the host, so it uses the host's package index configuration
 # as it is (pip.conf, PIP_* variables, a proxy's CA certificate), and the image
@@ -25,7 +25,7 @@ done
 echo "staging runtime wheels for CPython 3.11 linux x86_64 into $DEST/"
 "$PYTHON" -m pip download --quiet --dest "$STAGE" --only-binary=:all: \
 	--implementation cp --python-version 3.11 --abi cp311 "${platforms[@]}" \
-	-r "$STAGE/requirements.txt" hatchling 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
+	-r "$STAGE/requirements.txt" hatchling pip 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 # Replace the old set only once the new one is complete.
 find "$DEST" -maxdepth 1 -name '*.whl' -delete
 mv "$STAGE"/*.whl "$DEST"/
