@@ -37,7 +37,9 @@ class RequestContext:
     request_id: str
     generation_id: str = ""
     model: str = ""
-    # The caller's API key id (never the key) once authentication exists.
+    # The caller's API key id (never the key). Whatever authenticates the call
+    # sets it on `current()`: the gRPC access interceptor runs outermost, so
+    # an auth interceptor after it sees this context.
     key_id: str = ""
     images: int = 0
     cost: Decimal | None = None
