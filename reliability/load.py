@@ -67,6 +67,24 @@ async def _bounded(jobs: list[Callable[[], Awaitable[None]]], concurrency: int) 
     await asyncio.gather(*(one(job) for job in jobs))
 
 
+async def warm_up(services: Services) -> None:
+    """One request of each kind on every backend: the first ones load code,
+    open clients and grow thread pools once, which is not growth under load."""
+    async with grpc.aio.insecure_channel(services.grpc_target, options=CHANNEL_OPTIONS) as ch:
+        stub = pb_grpc.ImageServiceStub(ch)  # type: ignore[no-untyped-call]
+        for model in MODELS.values():
+            await stub.Generate(pb.GenerateRequest(model=model, prompt="warm up"), timeout=60)
+            async for _ in stub.StreamGenerate(
+                pb.GenerateRequest(model=model, prompt="warm up", n=2), timeout=60
+            ):
+                pass
+    if services.rest_url:
+        async with httpx.AsyncClient(base_url=services.rest_url, timeout=60) as http:
+            body = {"model": MODELS["azure_flux"], "prompt": "warm up", "n": 2}
+            await http.post("/v1/images/generations", json=body)
+            await http.post("/v1/images/generations", json={**body, "stream": True})
+
+
 async def under_faults(
     services: Services, sandbox: SandboxServer, per_backend: int, run_seed: int
 ) -> Tally:
