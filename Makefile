@@ -92,8 +92,12 @@ fmt: install ## Format and fix what ruff can
 	$(BIN)/ruff format server tests scripts benchmarks reliability
 	$(BIN)/ruff check --fix server tests scripts benchmarks reliability
 
+.PHONY: test-deps
+test-deps: ## System packages the tests run for real (redis-server, from Debian)
+	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+
 .PHONY: test
-test: install tools lint typecheck ## Lint, types, proto drift and every test but the image's
+test: install tools test-deps lint typecheck ## Lint, types, proto drift and every test but the image's
 	$(BIN)/pytest -q --ignore=tests/image
 
 .PHONY: run

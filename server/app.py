@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.asgi import AsgiServer
+from server.auth.build import CallerAccess, build_access
 from server.domain.backends import Backends
 from server.domain.catalogue import Catalogue, parse_policies
 from server.domain.orchestrator import Orchestrator
@@ -75,6 +76,7 @@ class GrpcService:
     record_store: BlobStore | None = None
     metrics: ServiceMetrics | None = None
     metrics_server: AsgiServer | None = None
+    access: CallerAccess | None = None
 
     @property
     def port(self) -> int:
@@ -98,6 +100,8 @@ class GrpcService:
             await self.record_store.aclose()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        if self.access is not None:
+            await self.access.aclose()
 
     async def wait(self) -> None:
         await self.server.wait()
@@ -123,6 +127,7 @@ async def create_grpc_service(
         )
     store = store or build_store(settings)
     record_store = build_record_store(settings)
+    access = build_access(settings)
     orchestrator = Orchestrator(
         catalogue,
         backends,
@@ -136,11 +141,15 @@ async def create_grpc_service(
         record_store=ObservedStore(record_store, telemetry) if record_store else None,
         telemetry=telemetry,
         unsupported_parameters=UnsupportedPolicy(settings.unsupported_parameters),
+        usage=access.usage,
+        leases=access.leases,
     )
+    authenticator = access.authenticator
     server = GrpcServer.build(
         settings,
         orchestrator,
         interceptors=[*grpc_server_interceptors(), ObservingInterceptor(metrics)],
+        authenticate=None if authenticator is None else authenticator.authenticate,
     )
     metrics_server = None
     if metrics is not None:
@@ -148,5 +157,13 @@ async def create_grpc_service(
             metrics_app(metrics.registry), settings.metrics_host, settings.metrics_port
         )
     return GrpcService(
-        settings, server, orchestrator, backends, store, record_store, metrics, metrics_server
+        settings,
+        server,
+        orchestrator,
+        backends,
+        store,
+        record_store,
+        metrics,
+        metrics_server,
+        access,
     )

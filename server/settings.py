@@ -113,6 +113,22 @@ class Settings(BaseSettings):
     # Per socket read; bounds one attempt at a hung upload or download.
     r2_read_timeout_s: float = Field(default=30.0, gt=0)
 
+    # --- callers: API keys, quotas, shared state (docs/auth.md) --------------
+    # "keys": every ImageService call needs `authorization: Bearer ck-...`.
+    # "none": no checks, for deployments behind a gateway that already
+    # authenticates (a warning is logged at start).
+    auth: Literal["keys", "none"] = "keys"
+    # The embedded key store of a single machine (SQLite), shared by the
+    # server and the `image-service keys` commands; unused with a Redis URL.
+    auth_db: Path = Path("data/auth.sqlite3")
+    # redis://[:password@]host:6379/0 (rediss:// for TLS): keys, per-key
+    # counters, request-id leases and provider limits then hold for every
+    # replica. A secret: it may carry the password.
+    redis_url: SecretStr | None = None
+    # How long a retry waits for another replica's attempt with the same
+    # request id (Redis only) before ABORTED / 409 with Retry-After.
+    idempotency_wait_s: float = Field(default=30.0, ge=0)
+
     # --- upstream retries --------------------------------------------------
     upstream_attempts: int = Field(default=4, ge=1)
     upstream_backoff_base_s: float = 0.5

@@ -1,9 +1,10 @@
 """The `image-service` command line.
 
-`main` builds one argparse parser whose subcommands come from three modules:
+`main` builds one argparse parser whose subcommands come from four modules:
 `server.cli.run` (the server side: `serve`, `sandbox`, `dev`),
-`server.cli.rest_command` (the REST sidecar: `rest`) and `server.cli.client`
-(calls to a running service: `generate`, `edit`, `models`, `get`). Each
+`server.cli.rest_command` (the REST sidecar: `rest`), `server.cli.client`
+(calls to a running service: `generate`, `edit`, `models`, `get`) and
+`server.cli.keys_command` (API keys: `keys create|list|revoke|usage`). Each
 module's `register(subparsers)` adds its commands and sets a handler on each
 with `set_defaults(func=handler)`. A handler takes
 the parsed `argparse.Namespace` and returns the exit code, either directly
@@ -17,7 +18,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeAlias
 
-from server.cli import client, rest_command, run
+from server.cli import client, keys_command, rest_command, run
 
 Handler: TypeAlias = Callable[[argparse.Namespace], int | Coroutine[Any, Any, int | None] | None]
 """What `set_defaults(func=...)` must be: None counts as exit code 0."""
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(subparsers)
     rest_command.register(subparsers)
     client.register(subparsers)
+    keys_command.register(subparsers)
     return parser
 
 

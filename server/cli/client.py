@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -50,6 +51,7 @@ from server.operation_names import (
 )
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+API_KEY_VARIABLE = "IMAGE_SERVICE_API_KEY"
 # Image models take minutes; gRPC itself sets no deadline at all.
 DEFAULT_TIMEOUT_S = 600.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -139,6 +141,12 @@ async def connect(target: str) -> AsyncIterator[Any]:
         yield pb_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
+def call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """`authorization: Bearer <--api-key>` when a key was given."""
+    key = getattr(args, "api_key", None)
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
 def exit_code_for(code: grpc.StatusCode) -> int:
     """2 for errors the caller must fix in the request, 1 for the rest."""
     return EXIT_CALLER_ERROR if code in CALLER_ERROR_CODES else EXIT_FAILURE
@@ -189,7 +197,10 @@ async def generate_command(args: argparse.Namespace) -> int:
     request = build_generate_request(args)
     async with connect(args.target) as stub:
         try:
-            return await _print_stream(stub.StreamGenerate(request, timeout=args.timeout), args)
+            return await _print_stream(
+                stub.StreamGenerate(request, timeout=args.timeout, metadata=call_metadata(args)),
+                args,
+            )
         except grpc.RpcError as error:
             return _report_rpc_error(error)
 
@@ -208,7 +219,9 @@ async def edit_command(args: argparse.Namespace) -> int:
     request = build_edit_request(args, images, mask, style_image)
     async with connect(args.target) as stub:
         try:
-            return await _print_stream(stub.StreamEdit(request, timeout=args.timeout), args)
+            return await _print_stream(
+                stub.StreamEdit(request, timeout=args.timeout, metadata=call_metadata(args)), args
+            )
         except grpc.RpcError as error:
             return _report_rpc_error(error)
 
@@ -218,7 +231,7 @@ async def models_command(args: argparse.Namespace) -> int:
     async with connect(args.target) as stub:
         try:
             response: pb.ListModelsResponse = await stub.ListModels(
-                pb.ListModelsRequest(), timeout=args.timeout
+                pb.ListModelsRequest(), timeout=args.timeout, metadata=call_metadata(args)
             )
         except grpc.RpcError as error:
             return _report_rpc_error(error)
@@ -231,7 +244,9 @@ async def get_command(args: argparse.Namespace) -> int:
     async with connect(args.target) as stub:
         try:
             generation: pb.Generation = await stub.GetGeneration(
-                pb.GetGenerationRequest(generation_id=args.generation_id), timeout=args.timeout
+                pb.GetGenerationRequest(generation_id=args.generation_id),
+                timeout=args.timeout,
+                metadata=call_metadata(args),
             )
         except grpc.RpcError as error:
             return _report_rpc_error(error)
@@ -287,6 +302,12 @@ def _connection_options() -> argparse.ArgumentParser:
         default=DEFAULT_TARGET,
         metavar="HOST:PORT",
         help=f"gRPC address of the service (default: {DEFAULT_TARGET})",
+    )
+    group.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE) or None,
+        metavar="KEY",
+        help=f"API key sent as 'authorization: Bearer KEY' (default: ${API_KEY_VARIABLE})",
     )
     group.add_argument(
         "--timeout",

@@ -136,6 +136,7 @@ async def _dev(args: argparse.Namespace) -> int:
         }
     )
     service = await create_grpc_service(settings)
+    dev_key = await _dev_key(settings)
     await service.start()
     http_app.router.routes.extend(rest_routes(f"127.0.0.1:{service.port}", settings))
     metrics = ""
@@ -146,6 +147,12 @@ async def _dev(args: argparse.Namespace) -> int:
         f"http={http.base_url} (REST /v1, media /media) emulators={sandbox.base_url}{metrics}",
         flush=True,
     )
+    if dev_key:
+        print(
+            f"dev API key (any call needs it): {dev_key}\n"
+            f"  export IMAGE_SERVICE_API_KEY={dev_key} OPENAI_API_KEY={dev_key}",
+            flush=True,
+        )
 
     async def stop() -> None:
         await service.stop()
@@ -153,3 +160,18 @@ async def _dev(args: argparse.Namespace) -> int:
         await sandbox.stop()
 
     return await _until_signalled(stop)
+
+
+async def _dev_key(settings: Any) -> str:
+    """The fixed dev key, put into the dev server's key store; "" with auth off."""
+    if settings.auth == "none":
+        return ""
+    from server.auth.admin import DEV_KEY, ensure_dev_key
+    from server.auth.build import open_key_store
+
+    store = open_key_store(settings)
+    try:
+        await ensure_dev_key(store)
+    finally:
+        await store.aclose()
+    return DEV_KEY

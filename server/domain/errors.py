@@ -20,7 +20,13 @@ classes in one place each.
     ├── RateLimited                upstream 429 / quota (retryable)
     ├── UpstreamUnavailable        upstream 5xx or connection failure (retryable)
     ├── UpstreamTimeout            upstream too slow / our deadline passed
-    └── StorageUnavailable         blob store failing after retries
+    ├── StorageUnavailable         blob store failing after retries
+    ├── InvalidApiKey              missing, malformed, unknown or revoked API key
+    ├── ModelNotAllowed            the API key may not use the model
+    ├── KeyRateLimited             the API key's requests-per-minute is spent
+    ├── QuotaExceeded              the API key's daily images or monthly budget is spent
+    ├── RequestInProgress          another replica is running this request id
+    └── AuthUnavailable            the key store cannot be reached (fail closed)
 """
 
 from __future__ import annotations
@@ -161,3 +167,62 @@ class StorageRejected(ImageServiceError):
     """
 
     reason = "STORAGE_REJECTED"
+
+
+class InvalidApiKey(ImageServiceError):
+    """No usable API key: missing, malformed, unknown or revoked.
+
+    The message never repeats the key (nor says which of these it was).
+    """
+
+    reason = "INVALID_API_KEY"
+
+
+class ModelNotAllowed(ImageServiceError):
+    """The caller's API key is not allowed to use the model."""
+
+    reason = "MODEL_NOT_ALLOWED"
+
+
+class KeyRateLimited(ImageServiceError):
+    """The caller's API key made its requests-per-minute; `retry_after` says when to retry."""
+
+    reason = "RATE_LIMIT_EXCEEDED"
+    retryable = True
+
+
+class QuotaExceeded(ImageServiceError):
+    """The caller's API key spent a quota (images per day, monthly budget).
+
+    `subject` and `description` become a `google.rpc.QuotaFailure`
+    violation; `retry_after` is the time until the quota's period resets.
+    """
+
+    reason = "INSUFFICIENT_QUOTA"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str = "",
+        description: str = "",
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, metadata=metadata, retry_after=retry_after)
+        self.subject = subject
+        self.description = description
+
+
+class RequestInProgress(ImageServiceError):
+    """Another replica holds the lease of this (key, request id) and has not finished."""
+
+    reason = "REQUEST_IN_PROGRESS"
+    retryable = True
+
+
+class AuthUnavailable(ImageServiceError):
+    """The key store (or shared counters) could not be reached: calls are refused."""
+
+    reason = "AUTH_UNAVAILABLE"
+    retryable = True

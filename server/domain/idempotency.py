@@ -1,5 +1,7 @@
 """`request_id` idempotency: what makes two requests the same, and one
-generation at a time per id on this replica.
+generation at a time per id on this replica (`RequestLocks`, the
+`RequestLeases` of one process; server/auth/redis_leases.py shares them
+across replicas).
 
 The records themselves (`request-ids/...` pointers) live in records.py.
 """
@@ -13,6 +15,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 
+from server.domain.deadline import Deadline
 from server.domain.edit_options import fingerprint_fields
 from server.domain.requests import AnyRequest, EditRequest
 
@@ -46,7 +49,8 @@ class RequestLocks:
         self._locks: dict[str, asyncio.Lock] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, request_id: str) -> AsyncIterator[None]:
+    async def hold(self, request_id: str, deadline: Deadline | None = None) -> AsyncIterator[None]:
+        # The wait needs no bound of its own: the RPC is cancelled at its deadline.
         # Serialises concurrent retries with the same id on this replica, so
         # the second waits for the first's record instead of paying again.
         lock = self._locks.setdefault(request_id, asyncio.Lock())

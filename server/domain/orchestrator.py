@@ -30,11 +30,13 @@ from server.domain.call_plan import (
     plan_calls,
     seed_warnings,
 )
+from server.domain.callers import Caller, current_caller
 from server.domain.catalogue import Catalogue, Resolution
 from server.domain.deadline import Deadline
 from server.domain.errors import (
     GenerationNotFound,
     ImageServiceError,
+    ModelNotAllowed,
     RequestIdConflict,
     UpstreamTimeout,
 )
@@ -44,7 +46,13 @@ from server.domain.generation_ids import check_generation_id
 from server.domain.idempotency import RequestLocks, fingerprint
 from server.domain.imaging import EXTENSION_BY_MIME, convert, inspect, sniff_mime_type
 from server.domain.output_options import OutputPlan, UnsupportedPolicy, plan_output
-from server.domain.ports import BlobStore, ImageBackend, ProducedImage
+from server.domain.ports import (
+    BlobStore,
+    ImageBackend,
+    ProducedImage,
+    RequestLeases,
+    UsageLedger,
+)
 from server.domain.pricing import generation_cost
 from server.domain.records import (
     DeliveredImage,
@@ -55,6 +63,7 @@ from server.domain.records import (
 from server.domain.requests import AnyRequest, ResponseFormat
 from server.domain.retry import RetryPolicy
 from server.domain.telemetry import NO_TELEMETRY, Telemetry
+from server.domain.usage import Unmetered
 from server.domain.validation import ValidRequest, check_model_name, validate_off_loop
 
 log = logging.getLogger(__name__)
@@ -93,6 +102,8 @@ class Orchestrator:
         record_store: BlobStore | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
         unsupported_parameters: UnsupportedPolicy = UnsupportedPolicy.REPORT,
+        usage: UsageLedger | None = None,
+        leases: RequestLeases | None = None,
     ) -> None:
         self._catalogue = catalogue
         self._unsupported = unsupported_parameters
@@ -104,7 +115,8 @@ class Orchestrator:
         # images, which a public bucket serves to anyone holding a URL.
         self._records = RecordStore(record_store or store, storage_retry)
         self._default_deadline_s = default_deadline_s
-        self._request_locks = RequestLocks()
+        self._usage: UsageLedger = usage or Unmetered()
+        self._leases: RequestLeases = leases or RequestLocks()
 
     def list_models(self) -> list[ModelListing]:
         listings = []
@@ -122,7 +134,9 @@ class Orchestrator:
     async def get_generation(self, generation_id: str) -> GenerationRecord:
         check_generation_id(generation_id)
         record = await self._records.get(generation_id)
-        if record is None:
+        # Another key's generation does not exist for this caller: NOT_FOUND,
+        # exactly as for an unknown id, so ids cannot be probed.
+        if record is None or not _visible_to(current_caller(), record):
             raise GenerationNotFound(
                 f"No generation {generation_id!r}.", metadata={"generation_id": generation_id}
             )
@@ -143,11 +157,25 @@ class Orchestrator:
     async def stream(
         self, request: AnyRequest, deadline: Deadline
     ) -> AsyncGenerator[StreamEvent, None]:
-        """Validate `request`, run it (or replay it) and yield its events."""
+        """Validate `request`, run it (or replay it) and yield its events.
+
+        Runs on behalf of `current_caller()`: the model must be one its key
+        may use, a new generation must fit its quotas, and request ids are
+        its own (another key's equal request id is another request).
+        """
+        caller = current_caller()
         check_model_name(request.model)
         # A retired model is routed, pinned or refused here (catalogue.py).
         resolution = self._catalogue.resolve(request.model)
         spec = resolution.serving
+        # Both the name asked for and the model that would serve it (a retired
+        # name routes to its successor) must be among the key's models.
+        for name in dict.fromkeys((request.model, spec.name)):
+            if not caller.may_use(name):
+                raise ModelNotAllowed(
+                    f"This API key may not use {name}.",
+                    metadata={"model": name, "key_id": caller.key_id},
+                )
         valid = await validate_off_loop(request, spec)
         # OpenAI's output parameters: honoured, reported or refused, up front.
         plan = plan_output(spec.name, valid.operation, request.output, self._unsupported)
@@ -155,7 +183,10 @@ class Orchestrator:
         deadline = deadline.earliest(Deadline.after(self._default_deadline_s))
         digest = fingerprint(request)
         if not request.request_id:
-            events = self._generate(request, valid, resolution, plan, backend, deadline, digest)
+            await self._admit(caller, valid)
+            events = self._generate(
+                request, valid, resolution, plan, backend, deadline, digest, caller
+            )
             # `async for` alone would leave the inner generator suspended when
             # the caller goes away; aclosing runs its cleanup (cancelling the
             # upstream calls) right then.
@@ -163,10 +194,15 @@ class Orchestrator:
                 async for event in events:
                     yield event
             return
-        async with self._request_locks.hold(request.request_id):
-            previous = await self._records.find_by_request_id(request.request_id, deadline)
+        async with self._leases.hold(f"{caller.key_id}/{request.request_id}", deadline):
+            previous = await self._records.find_by_request_id(
+                request.request_id, deadline, scope=caller.key_id
+            )
             if previous is None:
-                events = self._generate(request, valid, resolution, plan, backend, deadline, digest)
+                await self._admit(caller, valid)
+                events = self._generate(
+                    request, valid, resolution, plan, backend, deadline, digest, caller
+                )
             elif previous.fingerprint != digest:
                 raise RequestIdConflict(
                     "request_id was already used for a different request.",
@@ -177,6 +213,31 @@ class Orchestrator:
             async with contextlib.aclosing(events):
                 async for event in events:
                     yield event
+
+    async def _admit(self, caller: Caller, valid: ValidRequest) -> None:
+        """Refuse a new generation that would go over the caller's quotas."""
+        if caller.anonymous:
+            return
+        price = valid.spec.price_per_image
+        await self._usage.admit(caller, valid.n, None if price is None else price * valid.n)
+
+    async def _record_usage(self, caller: Caller, record: GenerationRecord) -> None:
+        """Count what was produced against the key's quotas; never fails the call."""
+        if caller.anonymous:
+            return
+        try:
+            await self._usage.record(caller, len(record.images), record.cost)
+        except Exception as error:
+            # The images are paid and go to the caller regardless; this line
+            # is what reconciling the counters needs.
+            log.error(
+                "usage of %s not recorded (%s): key %s, %d images, cost %s",
+                record.generation_id,
+                type(error).__name__,
+                caller.key_id,
+                len(record.images),
+                record.cost,
+            )
 
     async def _replay(
         self, record: GenerationRecord, response_format: ResponseFormat
@@ -196,6 +257,7 @@ class Orchestrator:
         backend: ImageBackend,
         deadline: Deadline,
         digest: str,
+        caller: Caller,
     ) -> AsyncGenerator[StreamEvent, None]:
         generation = Generation.begin(deadline, request.response_format, plan)
         tasks = [
@@ -248,7 +310,9 @@ class Orchestrator:
             output_format=plan.output_format,
             background=plan.background,
             user=request.output.user,
+            key_id=caller.key_id,
         )
+        await self._record_usage(caller, record)
         self._telemetry.generation_delivered(
             record.model,  # the name the caller used, as in every other metric and log
             valid.spec.backend,
@@ -357,3 +421,8 @@ class Orchestrator:
             stored=stored,
             data=image.data if inline else None,
         )
+
+
+def _visible_to(caller: Caller, record: GenerationRecord) -> bool:
+    """A key sees its own records; the anonymous caller (no auth) sees all."""
+    return caller.anonymous or record.key_id == caller.key_id

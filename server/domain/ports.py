@@ -1,15 +1,19 @@
 """The interfaces the domain needs from the outside world.
 
 Backends (`server.providers`) implement `ImageBackend`; blob stores
-(`server.storage`) implement `BlobStore`. Both are plain protocols so the
+(`server.storage`) implement `BlobStore`; the key store (`server.auth`)
+implements `UsageLedger` and `RequestLeases`. All are plain protocols so the
 domain imports neither an SDK nor an implementation.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Protocol
 
+from server.domain.callers import Caller
 from server.domain.catalogue import ModelSpec
 from server.domain.deadline import Deadline
 from server.domain.pricing import TokenUsage
@@ -102,3 +106,33 @@ class BlobStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class UsageLedger(Protocol):
+    """Per-key quotas: the daily image cap and the monthly budget.
+
+    `admit` refuses (raises `QuotaExceeded`) a request that would go over a
+    quota if it produced every image it asks for; `record` adds what a
+    generation actually produced and cost. Each is one atomic step on the
+    shared counters, so concurrent requests overspend by at most what the
+    requests admitted but not yet recorded (in flight) produce. `admit`
+    raises `AuthUnavailable` when the counters cannot be read. A cost of
+    None is not known in advance (a token-priced model) or at all: such a
+    request is admitted while the month is under budget, and an unknown
+    actual cost counts as zero.
+    """
+
+    async def admit(self, caller: Caller, images: int, cost: Decimal | None) -> None: ...
+
+    async def record(self, caller: Caller, images: int, cost: Decimal | None) -> None: ...
+
+
+class RequestLeases(Protocol):
+    """Exclusive holds on a request id, so that only one attempt generates.
+
+    `hold(name, deadline)` enters once no other attempt (on this replica
+    or, with a shared implementation, any replica) holds `name`; it raises
+    `RequestInProgress` when the holder does not finish in time.
+    """
+
+    def hold(self, name: str, deadline: Deadline) -> AbstractAsyncContextManager[None]: ...

@@ -89,6 +89,8 @@ class GenerationRecord:
     output_format: str = ""
     background: str = ""
     user: str = ""
+    # The public id of the API key that asked ("" without authentication).
+    key_id: str = ""
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = asdict(self)
@@ -151,8 +153,11 @@ class RecordStore:
         return f"generations/{generation_id}.json"
 
     @staticmethod
-    def _request_key(request_id: str) -> str:
-        digest = hashlib.sha256(request_id.encode()).hexdigest()
+    def _request_key(request_id: str, scope: str = "") -> str:
+        # Scoped by key id: two keys' equal request ids are two requests.
+        # Unscoped ("", no authentication) keeps the original layout.
+        name = f"{scope}\n{request_id}" if scope else request_id
+        digest = hashlib.sha256(name.encode()).hexdigest()
         return f"request-ids/{digest}.json"
 
     async def save(self, record: GenerationRecord, deadline: Deadline) -> None:
@@ -162,7 +167,7 @@ class RecordStore:
         await self._retry.run(lambda: put_within(self._store, key, body, _JSON, deadline), deadline)
         if record.request_id:
             pointer = json.dumps({"generation_id": record.generation_id}).encode()
-            request_key = self._request_key(record.request_id)
+            request_key = self._request_key(record.request_id, record.key_id)
             await self._retry.run(
                 lambda: put_within(self._store, request_key, pointer, _JSON, deadline), deadline
             )
@@ -180,10 +185,10 @@ class RecordStore:
         return self._with_urls(GenerationRecord.from_json(raw))
 
     async def find_by_request_id(
-        self, request_id: str, deadline: Deadline | None = None
+        self, request_id: str, deadline: Deadline | None = None, *, scope: str = ""
     ) -> GenerationRecord | None:
-        """The generation a request_id produced, or None; retried like `get`."""
-        raw = await self._read(self._request_key(request_id), deadline)
+        """The generation `request_id` (of key id `scope`) produced, or None; retried like `get`."""
+        raw = await self._read(self._request_key(request_id, scope), deadline)
         if raw is None:
             return None
         return await self.get(json.loads(raw)["generation_id"], deadline)

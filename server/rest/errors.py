@@ -48,6 +48,7 @@ PERMISSION = "permission_error"
 RATE_LIMIT = "rate_limit_error"
 SERVER = "server_error"
 MODERATION = "image_generation_user_error"
+INSUFFICIENT_QUOTA = "insufficient_quota"
 
 # The `code` of every error the sidecar raises itself (docs/rest.md: Errors).
 # Field errors share the service's `invalid_argument`, so a caller sees one
@@ -135,6 +136,9 @@ _REASON_OVERRIDES: dict[str, _Mapping] = {
     "CONTENT_POLICY_VIOLATION": _Mapping(400, MODERATION, ""),
     # The deployment refuses a retired model: the caller names its successor.
     "MODEL_RETIRED": _Mapping(400, INVALID_REQUEST, "", retry=False),
+    # The key's daily images or monthly budget are spent: OpenAI's own
+    # insufficient_quota 429, which its SDKs must not retry.
+    "INSUFFICIENT_QUOTA": _Mapping(429, INSUFFICIENT_QUOTA, "", retry=False),
 }
 
 _CODE_OVERRIDES = {"CONTENT_POLICY_VIOLATION": "moderation_blocked"}

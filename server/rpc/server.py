@@ -7,6 +7,7 @@ hands it the orchestrator and owns everything else.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,10 +20,13 @@ from grpc_reflection.v1alpha import reflection
 
 from server.domain.orchestrator import Orchestrator
 from server.netloc import host_port
+from server.rpc.auth import Authenticate, AuthInterceptor
 from server.rpc.draining import DrainingHealth, InFlight
 from server.rpc.servicer import ImageServicer
 from server.rpc.undecodable import RejectUndecodable
 from server.settings import Settings
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
 _HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -83,19 +87,35 @@ class GrpcServer:
         orchestrator: Orchestrator,
         *,
         interceptors: Sequence[Any] = (),
+        authenticate: Authenticate | None = None,
     ) -> GrpcServer:
         """Assemble the server and bind `settings.grpc_host:grpc_port`.
+
+        With `authenticate`, every ImageService call goes through the
+        `AuthInterceptor`; without it calls are not authenticated
+        (`IMAGE_SERVICE_AUTH=none`), which is logged as a warning.
 
         grpc raises `RuntimeError` when the address cannot be bound,
         including when another server holds the port (`grpc.so_reuseport`
         is off).
         """
         in_flight = InFlight()
+        # Authentication right inside the observers, so the access log and
+        # metrics see refused calls too; undecodable bodies are checked
+        # after it, for callers who got in.
+        auth: list[Any] = []
+        if authenticate is not None:
+            auth.append(AuthInterceptor(authenticate))
+        else:
+            log.warning(
+                "ImageService calls are NOT authenticated (IMAGE_SERVICE_AUTH=none): "
+                "run this way only behind a gateway that authenticates every caller"
+            )
         server = grpc.aio.server(
             # The drain counts every call, whatever the others do with it;
             # undecodable bodies are refused innermost, so the others (access
             # log, metrics) see that INVALID_ARGUMENT like any other status.
-            interceptors=[in_flight, *interceptors, RejectUndecodable()],
+            interceptors=[in_flight, *interceptors, *auth, RejectUndecodable()],
             options=server_options(settings),
         )
         # The generated *_pb2_grpc module carries no annotations.

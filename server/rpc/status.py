@@ -2,7 +2,8 @@
 
 One table, one place. Every status carries an `ErrorInfo` (stable reason,
 domain, metadata); invalid input adds `BadRequest` field violations; an
-upstream that said when to retry adds `RetryInfo`. Messages are the domain
+upstream that said when to retry (or a spent rate limit or quota) adds
+`RetryInfo`; a spent quota adds `QuotaFailure`. Messages are the domain
 errors' short, safe messages; unexpected exceptions become INTERNAL with a
 fixed message (details go to the log only).
 """
@@ -37,6 +38,13 @@ ERROR_TABLE: tuple[tuple[type[errors.ImageServiceError], grpc.StatusCode], ...] 
     # The deployment's storage credentials or bucket are wrong.
     (errors.StorageRejected, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.UpstreamTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.InvalidApiKey, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.ModelNotAllowed, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.KeyRateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.RequestInProgress, grpc.StatusCode.ABORTED),
+    # Fail closed: without the key store no call is let through.
+    (errors.AuthUnavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.ImageServiceError, grpc.StatusCode.INTERNAL),
 )
 
@@ -75,6 +83,18 @@ def to_status(error: errors.ImageServiceError) -> grpc.Status:
                             field=v.field, description=v.description
                         )
                         for v in error.violations
+                    ]
+                )
+            )
+        )
+    if isinstance(error, errors.QuotaExceeded) and error.subject:
+        details.append(
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=error.subject, description=error.description
+                        )
                     ]
                 )
             )

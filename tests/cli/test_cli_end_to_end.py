@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from server.auth.admin import DEV_KEY
 from tests.support.images import png, size_of
 
 CLI = str(pathlib.Path(sys.executable).parent / "image-service")
@@ -30,8 +31,16 @@ class Dev:
 
 
 async def _run(*args: str, cwd: pathlib.Path) -> tuple[int, str, str]:
+    # As the README says: the dev server prints its key, the CLI reads it
+    # from IMAGE_SERVICE_API_KEY.
+    env = {**os.environ, "IMAGE_SERVICE_API_KEY": DEV_KEY}
     process = await asyncio.create_subprocess_exec(
-        CLI, *args, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        CLI,
+        *args,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     return process.returncode or 0, out.decode(), err.decode()

@@ -245,6 +245,8 @@ async def stack(sandbox: SandboxServer, tmp_path: Path) -> AsyncIterator[RealSta
         storage_attempts=1,
         rest_upstream_timeout_s=60.0,
         rest_max_upload_bytes=4 * 1024 * 1024,
+        # Authentication has its own tests (tests/auth); these call without a key.
+        auth="none",
     )
     service = await create_grpc_service(settings)
     port = await service.start()

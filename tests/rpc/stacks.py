@@ -53,6 +53,8 @@ def settings_for(
         "upstream_backoff_base_s": 0.01,
         "upstream_backoff_max_s": 0.05,
         "shutdown_grace_s": 1.0,
+        # Authentication has its own tests (tests/auth); these call without a key.
+        "auth": "none",
     }
     values.update(changes)
     return Settings(**values)

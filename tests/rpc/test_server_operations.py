@@ -141,6 +141,7 @@ async def test_serve_drains_in_flight_rpcs_on_sigterm(
         "IMAGE_SERVICE_LOCAL_STORAGE_DIR": str(tmp_path),
         "IMAGE_SERVICE_SHUTDOWN_GRACE_S": "10",
         "IMAGE_SERVICE_METRICS_PORT": "0",
+        "IMAGE_SERVICE_AUTH": "none",
     }
     process = await asyncio.create_subprocess_exec(
         str(pathlib.Path(sys.executable).parent / "image-service"),

@@ -64,6 +64,8 @@ def r2_settings(
         # Storage retries use the upstream backoff; keep them quick.
         "upstream_backoff_base_s": 0.01,
         "upstream_backoff_max_s": 0.05,
+        # Authentication has its own tests (tests/auth); these call without a key.
+        "auth": "none",
         **sandbox.settings_overrides(),
     }
     values.update(overrides)

@@ -1,0 +1,203 @@
+"""The shared key store: Redis, for a fleet of replicas.
+
+Every replica (and the `image-service keys` commands) reads and writes the
+same keys, counters and leases, so a key created or revoked, a rate window,
+a daily image cap and a monthly budget hold for the whole deployment.
+Check-and-count steps are Lua scripts (atomic on the Redis server, timed by
+the server's clock so replicas' clocks do not matter); usage increments
+are one MULTI transaction.
+
+Layout (`prefix` defaults to `ck:`): `key:<id>` hash per key, `keys` set
+of ids, `rate:<id>` sorted set of request times (ms) in the sliding minute,
+`usage:<id>:<period>` hash of `images` and `cost_units` (days kept 40 days,
+months 400), `periods:<id>` set of periods with usage.
+
+Redis errors and timeouts become `StoreUnavailable`; `Authenticator` turns
+that into refusing the call (fail closed).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from server.auth.keys import KeyRecord, Limits, Usage, from_units, to_units
+from server.auth.store import QuotaCheck, QuotaRefusal, StoreUnavailable, refusal
+
+T = TypeVar("T")
+WINDOW_MS = 60_000
+_DAY_TTL_S = 40 * 24 * 3600
+_MONTH_TTL_S = 400 * 24 * 3600
+# Every call waits at most this long for Redis before failing closed.
+SOCKET_TIMEOUT_S = 2.0
+
+_ADD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+_REVOKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSETNX', KEYS[1], 'revoked', ARGV[1])
+return 1
+"""
+
+# Sliding-window log: returns -1 when counted, else ms until a slot frees.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(0, tonumber(oldest[2]) + window - now)
+end
+redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], window)
+return -1
+"""
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A client for `url` whose every command gives up after `SOCKET_TIMEOUT_S`."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        decode_responses=True,
+    )
+
+
+async def guarded(call: Awaitable[T]) -> T:
+    """Await a Redis call; any Redis failure becomes `StoreUnavailable`."""
+    try:
+        return await call
+    except (RedisError, OSError) as error:
+        raise StoreUnavailable(f"redis {type(error).__name__}") from None
+
+
+class RedisKeyStore:
+    """`KeyStore` in Redis (see module doc)."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "ck:") -> None:
+        self.client = client
+        self._prefix = prefix
+        self._add = client.register_script(_ADD)
+        self._revoke = client.register_script(_REVOKE)
+        self._take = client.register_script(_TAKE)
+
+    def _key(self, key_id: str) -> str:
+        return f"{self._prefix}key:{key_id}"
+
+    async def add(self, record: KeyRecord) -> bool:
+        fields: dict[str, str] = {
+            "digest": record.digest,
+            "name": record.name,
+            "owner": record.owner,
+            "created": str(record.created),
+            "models": json.dumps(list(record.models)),
+        }
+        limits = record.limits
+        if limits.requests_per_minute is not None:
+            fields["rpm"] = str(limits.requests_per_minute)
+        if limits.images_per_day is not None:
+            fields["images_per_day"] = str(limits.images_per_day)
+        if limits.monthly_budget is not None:
+            fields["budget_units"] = str(to_units(limits.monthly_budget))
+        if record.revoked is not None:
+            fields["revoked"] = str(record.revoked)
+        args = [record.key_id, *(item for pair in fields.items() for item in pair)]
+        added = await guarded(
+            self._add(keys=[self._key(record.key_id), f"{self._prefix}keys"], args=args)
+        )
+        return bool(added)
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        fields: dict[Any, Any] = await guarded(self.client.hgetall(self._key(key_id)))
+        return _record(key_id, fields) if fields else None
+
+    async def list(self) -> list[KeyRecord]:
+        ids: set[Any] = await guarded(self.client.smembers(f"{self._prefix}keys"))
+        records = [await self.get(key_id) for key_id in sorted(ids)]
+        found = [r for r in records if r is not None]
+        return sorted(found, key=lambda r: (r.created, r.key_id))
+
+    async def revoke(self, key_id: str, at: int) -> bool:
+        return bool(await guarded(self._revoke(keys=[self._key(key_id)], args=[at])))
+
+    async def take_request(self, key_id: str, per_minute: int) -> float | None:
+        wait_ms = await guarded(
+            self._take(
+                keys=[f"{self._prefix}rate:{key_id}"],
+                args=[per_minute, WINDOW_MS, secrets.token_hex(4)],
+            )
+        )
+        return None if int(wait_ms) < 0 else int(wait_ms) / 1000
+
+    def _usage_key(self, key_id: str, period: str) -> str:
+        return f"{self._prefix}usage:{key_id}:{period}"
+
+    async def check_quota(self, check: QuotaCheck) -> QuotaRefusal | None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hget(self._usage_key(check.key_id, check.day), "images")
+        pipe.hget(self._usage_key(check.key_id, check.month), "cost_units")
+        day_images, month_units = await guarded(pipe.execute())
+        return refusal(check, day_images=int(day_images or 0), month_units=int(month_units or 0))
+
+    async def add_usage(
+        self, key_id: str, day: str, month: str, images: int, cost_units: int
+    ) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        for period, ttl in ((day, _DAY_TTL_S), (month, _MONTH_TTL_S)):
+            key = self._usage_key(key_id, period)
+            pipe.hincrby(key, "images", images)
+            pipe.hincrby(key, "cost_units", cost_units)
+            pipe.expire(key, ttl)
+        pipe.sadd(f"{self._prefix}periods:{key_id}", day, month)
+        await guarded(pipe.execute())
+
+    async def usage(self, key_id: str) -> dict[str, Usage]:
+        periods: set[Any] = await guarded(self.client.smembers(f"{self._prefix}periods:{key_id}"))
+        found: dict[str, Usage] = {}
+        for period in sorted(periods):
+            fields: dict[Any, Any] = await guarded(
+                self.client.hgetall(self._usage_key(key_id, period))
+            )
+            if fields:  # expired periods drop out
+                found[period] = Usage(
+                    int(fields.get("images", 0)), from_units(int(fields.get("cost_units", 0)))
+                )
+        return found
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _optional_int(fields: dict[str, str], name: str) -> int | None:
+    value = fields.get(name)
+    return None if value in (None, "") else int(str(value))
+
+
+def _record(key_id: str, fields: dict[str, Any]) -> KeyRecord:
+    budget = _optional_int(fields, "budget_units")
+    return KeyRecord(
+        key_id=key_id,
+        digest=fields["digest"],
+        name=fields.get("name", ""),
+        owner=fields.get("owner", ""),
+        created=int(fields.get("created", 0)),
+        revoked=_optional_int(fields, "revoked"),
+        limits=Limits(
+            requests_per_minute=_optional_int(fields, "rpm"),
+            images_per_day=_optional_int(fields, "images_per_day"),
+            monthly_budget=None if budget is None else from_units(budget),
+        ),
+        models=tuple(json.loads(fields.get("models", "[]"))),
+    )

@@ -1,0 +1,166 @@
+"""Both key stores (SQLite file, real redis-server) honour one contract;
+the key format, its hash and id; the admission rule."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+
+from server.auth.access import Authenticator, KeyLedger
+from server.auth.admin import create_key
+from server.auth.keys import (
+    KEY_PATTERN,
+    KeyRecord,
+    Limits,
+    bearer_key,
+    digest_of,
+    key_id_of,
+    new_key,
+)
+from server.auth.redis_store import RedisKeyStore, connect
+from server.auth.sqlite_store import SqliteKeyStore
+from server.auth.store import KeyStore, QuotaCheck, QuotaRefusal
+from server.domain.callers import Caller
+from server.domain.errors import AuthUnavailable, InvalidApiKey, KeyRateLimited, QuotaExceeded
+from tests.auth.redis_server import redis_server
+
+
+def test_keys_are_ck_and_43_base62_and_ids_are_public_digests() -> None:
+    keys = {new_key() for _ in range(100)}
+    assert len(keys) == 100
+    for key in keys:
+        assert KEY_PATTERN.fullmatch(key) and len(key) == 46
+        assert key_id_of(key).startswith("key_") and len(key_id_of(key)) == 16
+        assert key_id_of(key)[4:] == digest_of(key)[:12]
+        assert key.removeprefix("ck-")[:8] not in key_id_of(key)
+
+
+@pytest.mark.parametrize(
+    ("header", "found"),
+    [
+        ("Bearer ck-" + "A1" * 16, True),
+        ("bearer ck-" + "A1" * 16, True),
+        ("Bearer ck-" + "a" * 31, False),  # too short
+        ("Bearer ck-" + "a" * 31 + "!", False),
+        ("Bearer sk-" + "a" * 40, False),
+        ("ck-" + "a" * 40, False),  # no scheme
+        ("Basic ck-" + "a" * 40, False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_bearer_parsing(header: str | None, found: bool) -> None:
+    assert (bearer_key(header) is not None) is found
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[KeyStore]:
+    if request.param == "sqlite":
+        sqlite = SqliteKeyStore(tmp_path / "auth.sqlite3")
+        yield sqlite
+        await sqlite.aclose()
+        return
+    async with redis_server(tmp_path / "redis") as server:
+        shared = RedisKeyStore(connect(server.url))
+        yield shared
+        await shared.aclose()
+
+
+async def test_add_get_list_revoke(store: KeyStore) -> None:
+    key, record = await create_key(
+        store,
+        "team",
+        owner="o",
+        limits=Limits(5, 100, Decimal("12.5")),
+        models=("azure/*",),
+    )
+    assert await store.get(record.key_id) == record
+    assert record.digest == digest_of(key)
+    assert not await store.add(record)  # taken
+    assert [r.key_id for r in await store.list()] == [record.key_id]
+    assert await store.revoke(record.key_id, 1234)
+    revoked = await store.get(record.key_id)
+    assert revoked is not None and revoked.revoked == 1234 and not revoked.active
+    assert await store.revoke(record.key_id, 9999)  # idempotent: the first time stays
+    again = await store.get(record.key_id)
+    assert again is not None and again.revoked == 1234
+    assert not await store.revoke("key_000000000000", 1)
+    assert await store.get("key_000000000000") is None
+
+
+async def test_take_request_is_a_sliding_minute(store: KeyStore) -> None:
+    assert await store.take_request("key_a", 2) is None
+    assert await store.take_request("key_a", 2) is None
+    wait = await store.take_request("key_a", 2)
+    assert wait is not None and 0 < wait <= 60
+    assert await store.take_request("key_b", 2) is None
+
+
+async def test_concurrent_requests_never_exceed_the_rate(store: KeyStore) -> None:
+    results = await asyncio.gather(*(store.take_request("key_c", 5) for _ in range(20)))
+    assert sum(r is None for r in results) == 5
+
+
+async def test_quota_check_and_usage(store: KeyStore) -> None:
+    check = QuotaCheck("key_q", "2026-12-04", "2026-12", 2, 10_000_000, 3, 25_000_000)
+    assert await store.check_quota(check) is None
+    await store.add_usage("key_q", "2026-12-04", "2026-12", 2, 10_000_000)
+    assert await store.check_quota(check) is QuotaRefusal.IMAGES_PER_DAY
+    next_day = QuotaCheck("key_q", "2026-12-05", "2026-12", 2, 10_000_000, 3, 25_000_000)
+    assert await store.check_quota(next_day) is None
+    await store.add_usage("key_q", "2026-12-05", "2026-12", 1, 10_000_000)
+    assert await store.check_quota(next_day) is QuotaRefusal.MONTHLY_BUDGET
+    usage = await store.usage("key_q")
+    assert {p: (u.images, str(u.cost)) for p, u in usage.items()} == {
+        "2026-12-04": (2, "0.10000000"),
+        "2026-12-05": (1, "0.10000000"),
+        "2026-12": (3, "0.20000000"),
+    }
+
+
+async def test_authenticator(store: KeyStore) -> None:
+    key, record = await create_key(store, "t", limits=Limits(requests_per_minute=1))
+    authenticate = Authenticator(store).authenticate
+    caller = await authenticate(f"Bearer {key}")
+    assert caller.key_id == record.key_id
+    with pytest.raises(KeyRateLimited) as limited:
+        await authenticate(f"Bearer {key}")
+    assert limited.value.retry_after is not None
+    for header in (None, "Bearer WRONG", f"Bearer {key[:-1]}{'b' if key[-1] != 'b' else 'c'}"):
+        with pytest.raises(InvalidApiKey) as refused:
+            await authenticate(header)
+        assert key not in str(refused.value)
+    # A record whose digest does not match the presented key (same id) is refused.
+    forged = KeyRecord(key_id=key_id_of("ck-" + "z" * 40), digest="0" * 64, name="x")
+    assert await store.add(forged)
+    with pytest.raises(InvalidApiKey):
+        await authenticate("Bearer ck-" + "z" * 40)
+
+
+async def test_ledger_refuses_over_quota_with_retry_after(store: KeyStore) -> None:
+    ledger = KeyLedger(store, clock=lambda: 1_796_342_400.0)  # 2026-12-04T00:00Z
+    caller = Caller("key_l", images_per_day=2, monthly_budget=Decimal("1"))
+    await ledger.admit(caller, 2, Decimal("0.1"))
+    await ledger.record(caller, 2, Decimal("0.1"))
+    with pytest.raises(QuotaExceeded) as refused:
+        await ledger.admit(caller, 1, Decimal("0.05"))
+    assert refused.value.retry_after == 86400
+    assert refused.value.description == "images_per_day 2"
+
+
+async def test_an_unreachable_store_fails_closed(tmp_path: pathlib.Path) -> None:
+    async with redis_server(tmp_path / "redis") as server:
+        store = RedisKeyStore(connect(server.url))
+        key, _ = await create_key(store, "t")
+        authenticate = Authenticator(store).authenticate
+        await authenticate(f"Bearer {key}")
+        await server.stop()
+        with pytest.raises(AuthUnavailable):
+            await authenticate(f"Bearer {key}")
+        with pytest.raises(AuthUnavailable):
+            await KeyLedger(store).admit(Caller("key_x", images_per_day=1), 1, Decimal(0))
+        await store.aclose()
