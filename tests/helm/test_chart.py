@@ -384,7 +384,9 @@ def test_checksum_annotation_rolls_pods_on_config_changes_only() -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", base)
     assert checksum("config.AZURE_FLUX_ENDPOINT=https://x.example") != base
     assert checksum("logLevel=DEBUG") != base
-    assert checksum("replicaCount=3") == base
+    # More than one replica needs the shared key store (Redis).
+    shared = checksum("auth.redis.existingSecret=redis")
+    assert checksum("auth.redis.existingSecret=redis", "replicaCount=3") == shared
 
 
 def test_secret_checksum_rolls_pods_on_credential_changes() -> None:
@@ -664,3 +666,53 @@ def test_ci_values_need_no_cloud_credentials() -> None:
     assert not values.get("existingSecret")
     assert not values.get("secrets")
     assert "Secret" not in kinds(render((CI_VALUES,)))
+
+
+# --- callers: API keys and Redis ----------------------------------------------------
+
+
+def test_auth_is_on_by_default_with_the_embedded_store_in_tmp() -> None:
+    docs = render()
+    data = config_data(docs)
+    assert data["IMAGE_SERVICE_AUTH"] == "keys"
+    assert data["IMAGE_SERVICE_AUTH_DB"].startswith("/tmp/")
+    assert "IMAGE_SERVICE_REDIS_URL" not in data
+    assert not any(
+        e["name"] == "IMAGE_SERVICE_REDIS_URL" for e in containers(docs)["server"].get("env", [])
+    )
+
+
+def test_the_redis_url_comes_from_an_existing_secret_in_the_server_only() -> None:
+    docs = render((FULL_VALUES,))
+    server, rest = containers(docs)["server"], containers(docs)["rest"]
+    [redis] = [e for e in server["env"] if e["name"] == "IMAGE_SERVICE_REDIS_URL"]
+    assert redis["valueFrom"] == {
+        "secretKeyRef": {"name": "image-service-redis", "key": "redis-url"}
+    }
+    assert "IMAGE_SERVICE_REDIS_URL" not in str(rest)
+    assert "IMAGE_SERVICE_AUTH_DB" not in config_data(docs)
+
+
+def test_restricted_egress_reaches_redis_dns_and_public_https_only() -> None:
+    policy = one(render((FULL_VALUES,)), "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    rules = policy["egress"]
+    redis = [r for r in rules if {"port": 6379, "protocol": "TCP"} in r["ports"]]
+    assert redis == [
+        {
+            "ports": [{"port": 6379, "protocol": "TCP"}],
+            "to": [{"ipBlock": {"cidr": "10.0.12.5/32"}}],
+        }
+    ]
+    https = [r for r in rules if {"port": 443, "protocol": "TCP"} in r["ports"]]
+    assert "10.0.0.0/8" in https[0]["to"][0]["ipBlock"]["except"]
+    # Ingress-only unless asked: the default policy leaves egress open.
+    open_egress = one(render((), ("networkPolicy.enabled=true",)), "NetworkPolicy")["spec"]
+    assert open_egress["policyTypes"] == ["Ingress"] and "egress" not in open_egress
+
+
+def test_several_replicas_with_keys_need_redis() -> None:
+    assert "auth.redis.existingSecret" in render_error("replicaCount=3")
+    assert "auth.redis.existingSecret" in render_error("autoscaling.enabled=true")
+    render((), ("replicaCount=3", "auth.mode=none"))
+    render((), ("replicaCount=3", "auth.redis.existingSecret=redis"))

@@ -97,7 +97,12 @@ the two never collide and the ConfigMap never holds a secret.
   "IMAGE_SERVICE_REST_MAX_UPLOAD_BYTES" .Values.rest.maxUploadBytes
   "IMAGE_SERVICE_REST_UPSTREAM_TIMEOUT_S" .Values.rest.upstreamTimeoutSeconds
   "IMAGE_SERVICE_REST_SHUTDOWN_GRACE_S" .Values.rest.shutdownGraceSeconds
+  "IMAGE_SERVICE_AUTH" .Values.auth.mode
 -}}
+{{- if not .Values.auth.redis.existingSecret }}
+{{- /* Without Redis: the embedded key store, in the pod's writable /tmp. */}}
+{{- $_ := set $data "IMAGE_SERVICE_AUTH_DB" "/tmp/auth/auth.sqlite3" }}
+{{- end }}
 {{- if eq .Values.storage.type "local" }}
 {{- $_ := set $data "IMAGE_SERVICE_LOCAL_STORAGE_DIR" .Values.storage.local.dir }}
 {{- with .Values.storage.local.publicBaseUrl }}
@@ -161,6 +166,10 @@ Checks that the schema cannot express because they span sections.
 {{- end }}
 {{- if and .Values.metrics.enabled (has (int .Values.metrics.port) (list (int .Values.server.port) (int .Values.rest.port))) }}
 {{- fail "metrics.port must differ from server.port and rest.port: the containers share the pod's network namespace" }}
+{{- end }}
+{{- $replicas := or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}
+{{- if and (eq .Values.auth.mode "keys") $replicas (not .Values.auth.redis.existingSecret) }}
+{{- fail "more than one replica with auth.mode keys needs auth.redis.existingSecret: each pod's embedded key store would hold different keys and counters" }}
 {{- end }}
 {{- if and .Values.rest.enabled (eq (int .Values.rest.port) (int .Values.server.port)) }}
 {{- fail "rest.port and server.port must differ: both containers share the pod's network namespace" }}
