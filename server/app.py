@@ -119,15 +119,17 @@ async def create_grpc_service(
     check_catalogue(catalogue)  # a bad catalogue `options` value fails start-up
     metrics = ServiceMetrics({m.name: m.backend for m in catalogue}) if settings.metrics else None
     telemetry: Telemetry = metrics or NO_TELEMETRY
+    access = build_access(settings)
     if backends is None:
-        configured, missing = build_backends(settings, {m.backend for m in catalogue})
+        configured, missing = build_backends(
+            settings, {m.backend for m in catalogue}, shared=access.upstream_slots
+        )
         backends = Backends(
             {key: ObservedBackend(backend, key, telemetry) for key, backend in configured.items()},
             missing,
         )
     store = store or build_store(settings)
     record_store = build_record_store(settings)
-    access = build_access(settings)
     orchestrator = Orchestrator(
         catalogue,
         backends,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.auth.access import Authenticator, KeyLedger
+from server.auth.redis_limits import RedisUpstreamSlots
 from server.auth.sqlite_store import SqliteKeyStore
 from server.auth.store import KeyStore
 from server.domain.idempotency import RequestLocks
@@ -35,6 +36,8 @@ class CallerAccess:
     usage: UsageLedger
     leases: RequestLeases
     store: KeyStore | None
+    # Provider limits shared by every replica (Redis only).
+    upstream_slots: RedisUpstreamSlots | None = None
 
     async def aclose(self) -> None:
         if self.store is not None:
@@ -47,12 +50,14 @@ def build_access(settings: Settings) -> CallerAccess:
     if settings.auth == "keys" or settings.redis_url is not None:
         store = open_key_store(settings)
     leases: RequestLeases = RequestLocks()
+    slots: RedisUpstreamSlots | None = None
     if settings.redis_url is not None:
         from server.auth.redis_leases import RedisLeases
         from server.auth.redis_store import RedisKeyStore
 
         assert isinstance(store, RedisKeyStore)
         leases = RedisLeases(store.client, wait_s=settings.idempotency_wait_s)
+        slots = RedisUpstreamSlots(store.client)
     if settings.auth == "none" or store is None:
-        return CallerAccess(None, Unmetered(), leases, store)
-    return CallerAccess(Authenticator(store), KeyLedger(store), leases, store)
+        return CallerAccess(None, Unmetered(), leases, store, slots)
+    return CallerAccess(Authenticator(store), KeyLedger(store), leases, store, slots)

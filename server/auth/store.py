@@ -18,8 +18,11 @@ from typing import Protocol
 from server.auth.keys import KeyRecord, Usage
 
 
-class StoreUnavailable(Exception):
-    """The key store did not answer (Redis down, database file unreadable)."""
+class StoreUnavailable(ConnectionError):
+    """The key store did not answer (Redis down, database file unreadable).
+
+    A ConnectionError, which is what `SharedSlots` users expect from the
+    Redis provider limits (server/providers/_shared/shared_limits.py)."""
 
 
 class QuotaRefusal(enum.Enum):

@@ -21,6 +21,7 @@ from server.domain.ports import ImageBackend
 from server.domain.retry import RetryPolicy
 from server.providers._shared.limits import limited
 from server.providers._shared.plugin import ENV_PREFIX, BackendPlugin, LimitSettings
+from server.providers._shared.shared_limits import SharedSlots
 from server.settings import Settings
 
 AnyPlugin = BackendPlugin[Any, Any]
@@ -92,7 +93,7 @@ def _field_under(variable: str, prefix: str, fields: Mapping[str, object]) -> st
 
 
 def build_backends(
-    settings: Settings, wanted: Iterable[str] = ()
+    settings: Settings, wanted: Iterable[str] = (), shared: SharedSlots | None = None
 ) -> tuple[dict[str, ImageBackend], dict[str, str]]:
     """Build every configured backend.
 
@@ -102,7 +103,8 @@ def build_backends(
     variable that would configure it, or to "" when no backend is
     registered under that key (no setting can enable it in this build). A
     factory's own error (a malformed endpoint, say) propagates:
-    misconfiguration fails start-up.
+    misconfiguration fails start-up. With `shared` (Redis), each backend's
+    limits hold across every replica.
     """
     plugins = [load_plugin(key) for key in PLUGINS]
     given = _given_values(settings, plugins)
@@ -123,6 +125,7 @@ def build_backends(
             key=plugin.key,
             max_concurrent=limits.max_concurrency,
             per_minute=limits.requests_per_minute,
+            shared=shared,
         )
     for key in wanted:
         if key not in PLUGINS:

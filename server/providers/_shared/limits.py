@@ -16,7 +16,8 @@ per deployment or model (an Azure deployment, a Vertex base model, a
 DashScope model, a Bedrock model id), so two models of one backend do not
 share a budget. The settings are per backend (`IMAGE_SERVICE_<BACKEND>_
 MAX_CONCURRENCY`, `..._REQUESTS_PER_MINUTE`) and apply to each of its
-models; `registry.build_backends` applies them to every backend.
+models; `registry.build_backends` applies them to every backend. With
+Redis configured they hold across replicas (`shared_limits`).
 
 A call that cannot start before its deadline fails with `RateLimited`
 (`UPSTREAM_RATE_LIMITED`) instead of waiting past it: at once when the rate
@@ -38,11 +39,15 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from server.domain.deadline import Deadline
 from server.domain.errors import RateLimited
 from server.domain.ports import ImageBackend, UpstreamCall, UpstreamResult
 from server.domain.telemetry import report_limiter_wait
+
+if TYPE_CHECKING:
+    from server.providers._shared.shared_limits import SharedSlots
 
 log = logging.getLogger(__name__)
 
@@ -179,20 +184,27 @@ class LimitedBackend:
     def _limited(
         self, call: UpstreamCall, limit: str, value: int | None, message: str, wait: float | None
     ) -> RateLimited:
-        log.warning("%s: %s refused by the %s limit (%s)", self.key, call.model.name, limit, value)
-        return RateLimited(
-            message,
-            metadata={
-                "upstream": self.key,
-                "model": call.model.name,
-                "limit": limit,
-                "limit_value": str(value),
-            },
-            retry_after=wait,
-        )
+        return refusal(self.key, call, limit, value, message, wait)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def refusal(
+    key: str, call: UpstreamCall, limit: str, value: int | None, message: str, wait: float | None
+) -> RateLimited:
+    """The error (and warning) of a call that a client-side limit refused."""
+    log.warning("%s: %s refused by the %s limit (%s)", key, call.model.name, limit, value)
+    return RateLimited(
+        message,
+        metadata={
+            "upstream": key,
+            "model": call.model.name,
+            "limit": limit,
+            "limit_value": str(value),
+        },
+        retry_after=wait,
+    )
 
 
 def limited(
@@ -201,8 +213,21 @@ def limited(
     key: str,
     max_concurrent: int | None,
     per_minute: int | None,
+    shared: SharedSlots | None = None,
 ) -> ImageBackend:
-    """`inner` wrapped in a `LimitedBackend`, or `inner` itself without limits."""
+    """`inner` within its limits, or `inner` itself without limits.
+
+    With `shared` (Redis), the limits hold across replicas
+    (`shared_limits.SharedLimitedBackend`), falling back to this process's
+    `LimitedBackend` when the shared store is unreachable.
+    """
     if max_concurrent is None and per_minute is None:
         return inner
-    return LimitedBackend(inner, key=key, max_concurrent=max_concurrent, per_minute=per_minute)
+    local = LimitedBackend(inner, key=key, max_concurrent=max_concurrent, per_minute=per_minute)
+    if shared is None:
+        return local
+    from server.providers._shared.shared_limits import SharedLimitedBackend
+
+    return SharedLimitedBackend(
+        local, shared, key=key, max_concurrent=max_concurrent, per_minute=per_minute
+    )
