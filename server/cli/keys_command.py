@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -64,20 +65,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="comma-separated models or patterns the key may use, e.g. 'azure/*,google/*' "
         "(default: all)",
     )
-    create.set_defaults(func=_create)
+    create.set_defaults(func=_reporting(_create))
 
     listing = commands.add_parser("list", help="list keys (ids, never the keys)")
     listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=_list)
+    listing.set_defaults(func=_reporting(_list))
 
     revoke = commands.add_parser("revoke", help="revoke a key at once, on every replica")
     revoke.add_argument("key_id", metavar="KEY_ID")
-    revoke.set_defaults(func=_revoke)
+    revoke.set_defaults(func=_reporting(_revoke))
 
     usage = commands.add_parser("usage", help="images and cost of a key per day and month")
     usage.add_argument("key_id", metavar="KEY_ID")
     usage.add_argument("--json", action="store_true")
-    usage.set_defaults(func=_usage)
+    usage.set_defaults(func=_reporting(_usage))
+
+
+EXIT_UNAVAILABLE = 1
+
+
+def _reporting(
+    command: Callable[[argparse.Namespace], Awaitable[int]],
+) -> Callable[[argparse.Namespace], Awaitable[int]]:
+    """`command`, printing one line instead of a traceback when the store is unreachable."""
+
+    async def run(args: argparse.Namespace) -> int:
+        from server.auth.store import StoreUnavailable
+
+        try:
+            return await command(args)
+        except StoreUnavailable as error:
+            print(f"error: the key store is unavailable ({error})", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+
+    return run
 
 
 def _open() -> Any:

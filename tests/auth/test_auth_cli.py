@@ -116,3 +116,11 @@ async def test_the_client_commands_send_the_api_key(auth_stack: AuthStack) -> No
     assert code == 0 and "azure/flux-kontext-pro" in out
     code, _, err = await cli("models", "--target", target, db=auth_stack.db)
     assert code != 0 and "UNAUTHENTICATED" in err
+
+
+async def test_an_unreachable_store_is_one_line_not_a_traceback(tmp_path: pathlib.Path) -> None:
+    code, out, err = await cli(
+        "keys", "list", db=tmp_path / "x", IMAGE_SERVICE_REDIS_URL="redis://127.0.0.1:1/0"
+    )
+    assert code == 1 and out == ""
+    assert err.startswith("error: the key store is unavailable") and "Traceback" not in err

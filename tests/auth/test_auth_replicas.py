@@ -48,6 +48,7 @@ def serve_env(sandbox: SandboxServer, redis: RedisServer, media: pathlib.Path) -
         IMAGE_SERVICE_LOG_LEVEL="DEBUG",
         IMAGE_SERVICE_SHUTDOWN_GRACE_S="2",
         IMAGE_SERVICE_UPSTREAM_ATTEMPTS="1",
+        IMAGE_SERVICE_METRICS_PORT="0",
         # The provider limit under test: two FLUX calls a minute, deployment-wide.
         IMAGE_SERVICE_AZURE_FLUX_REQUESTS_PER_MINUTE="2",
     )
