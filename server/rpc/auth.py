@@ -10,7 +10,7 @@ caller may then do (models, quotas, whose records it sees) the domain
 decides from the `Caller`. Health and reflection are not intercepted.
 
 Neither the key nor the header is ever logged or echoed: failures log the
-reason only.
+reason only, and the access line carries the key's public id.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import grpc
 
 from server.domain.callers import Caller, acting_as
 from server.domain.errors import ImageServiceError
+from server.observability import request_context
 from server.rpc.status import to_status
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self, authorization: str | None, method: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Caller:
         try:
-            return await self._authenticate(authorization)
+            caller = await self._authenticate(authorization)
         except ImageServiceError as error:
             log.info("%s refused: %s", method, error.reason)
             status = to_status(error)
             await context.abort(status.code, status.details, status.trailing_metadata)
             raise  # unreachable: abort raises
+        request = request_context.current()
+        if request is not None:
+            request.key_id = caller.key_id  # the access line names the key by its id
+        return caller
 
     def _unary(
         self, inner: Callable[..., Any], authorization: str | None, method: str

@@ -1,5 +1,6 @@
 """Fixtures for the API-key tests: the service with authentication on (keys in
-an SQLite file under tmp_path) over the sandbox, and a real redis-server."""
+an SQLite file under tmp_path) over the session sandbox (tests/conftest.py),
+and a real redis-server."""
 
 from __future__ import annotations
 
@@ -19,12 +20,6 @@ from tests.auth.redis_server import RedisServer, redis_server
 from tests.rpc.stacks import Stack, running_stack
 
 NewKey = Callable[..., Coroutine[Any, Any, str]]
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxServer]:
-    async with SandboxServer("127.0.0.1", 0) as running:
-        yield running
 
 
 @dataclass

@@ -219,3 +219,14 @@ async def test_no_key_material_in_any_log_line_at_debug(
     for record in caplog.records:
         line = record.getMessage() + str(record.args)
         assert secret not in line and secret[:16] not in line
+
+
+async def test_the_access_line_names_the_key_by_its_id(
+    auth_stack: AuthStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = await auth_stack.new_key()
+    caplog.set_level(logging.INFO, logger="server.access")
+    await auth_stack.stack.stub.ListModels(pb.ListModelsRequest(), metadata=bearer(key))
+    access = [r for r in caplog.records if r.name == "server.access"]
+    assert access, "no access line"
+    assert [getattr(r, "fields", {}).get("key_id") for r in access] == [key_id_of(key)]

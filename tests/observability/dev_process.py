@@ -41,6 +41,8 @@ async def dev_process(workdir: pathlib.Path, **env: str) -> AsyncIterator[DevPro
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith(("IMAGE_SERVICE_", "OTEL_"))
     }
+    # These tests call without an API key (tests/auth covers keys).
+    environment["IMAGE_SERVICE_AUTH"] = "none"
     environment.update(env)
     log_path = workdir / "dev.log"
     with log_path.open("wb") as log_file:

@@ -134,6 +134,8 @@ async def test_one_rest_request_is_one_trace_through_every_hop(
         server_env = {
             **{f"IMAGE_SERVICE_{k.upper()}": v for k, v in sandbox.settings_overrides().items()},
             "IMAGE_SERVICE_METRICS_PORT": "0",
+            # These calls carry no API key (tests/auth covers keys).
+            "IMAGE_SERVICE_AUTH": "none",
             "IMAGE_SERVICE_STORAGE": "r2",
             "IMAGE_SERVICE_R2_ENDPOINT_URL": moto_url,
             "IMAGE_SERVICE_R2_BUCKET": "traces",
