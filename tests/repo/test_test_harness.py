@@ -141,6 +141,8 @@ async def bailian_on_its_default_url(tmp_path: Path) -> AsyncIterator[pb_grpc.Im
         bailian_api_key="sk-not-a-real-key",
         local_storage_dir=tmp_path / "media",
         upstream_attempts=1,
+        # Called without an API key (tests/auth covers keys).
+        auth="none",
     )
     service = await create_grpc_service(settings)
     port = await service.start()

@@ -46,7 +46,8 @@ class GatedBackend:
 async def gated() -> AsyncIterator[tuple[GrpcService, GatedBackend]]:
     backend = GatedBackend()
     service = await create_grpc_service(
-        Settings(grpc_host="127.0.0.1", grpc_port=0),
+        # Called without an API key (tests/auth covers keys).
+        Settings(grpc_host="127.0.0.1", grpc_port=0, auth="none"),
         backends=Backends({"azure_flux": backend}),
         store=MemoryStore(),
     )
