@@ -4,6 +4,7 @@ refusal code with its details, and what a key may see and spend."""
 from __future__ import annotations
 
 import logging
+import pathlib
 
 import grpc
 import pytest
@@ -13,8 +14,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from server.auth.keys import key_id_of
 from server.auth.sqlite_store import SqliteKeyStore
+from server.sandbox.server import SandboxServer
 from tests.auth.conftest import AuthStack
 from tests.auth.status_details import bearer, refusal_of
+from tests.rpc.stacks import running_stack
 
 FLUX = "azure/flux-kontext-pro"
 IMAGEN = "google/imagen-4.0-fast"
@@ -230,3 +233,22 @@ async def test_the_access_line_names_the_key_by_its_id(
     access = [r for r in caplog.records if r.name == "server.access"]
     assert access, "no access line"
     assert [getattr(r, "fields", {}).get("key_id") for r in access] == [key_id_of(key)]
+
+
+async def test_auth_none_serves_without_a_key_and_warns_at_start(
+    sandbox: SandboxServer, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    async with running_stack(sandbox, tmp_path, auth="none") as stack:
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("NOT authenticated" in w for w in warnings), warnings
+        generation = await stack.stub.Generate(generate())
+        assert len(generation.images) == 1
+
+
+async def test_auth_keys_logs_no_such_warning(
+    sandbox: SandboxServer, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    async with running_stack(sandbox, tmp_path, auth="keys", auth_db=tmp_path / "a.sqlite3"):
+        assert not any("NOT authenticated" in r.getMessage() for r in caplog.records)
