@@ -208,6 +208,8 @@ class Stack:
             "IMAGE_SERVICE_AZURE_FLUX_API_KEY": API_KEY,
             "IMAGE_SERVICE_STORAGE": "local",
             "IMAGE_SERVICE_METRICS_PORT": "0",
+            # The load carries no API key; the figures are the service's own.
+            "IMAGE_SERVICE_AUTH": "none",
             "IMAGE_SERVICE_LOCAL_STORAGE_DIR": str(self.storage_dir),
             # Nothing fetches the URLs; they only have to be well formed.
             "IMAGE_SERVICE_LOCAL_PUBLIC_BASE_URL": f"http://{HOST}:8080/media",

@@ -124,6 +124,7 @@ def test_hpa_scales_on_generations_in_flight() -> None:
         render(
             sets=(
                 "autoscaling.enabled=true",
+                "auth.redis.existingSecret=redis",  # replicas share keys through Redis
                 "autoscaling.targetCPUUtilizationPercentage=null",
                 "autoscaling.generationsInFlightPerPod=3",
             )
@@ -177,6 +178,7 @@ def test_schema_rejects_bad_observability_values(sets: tuple[str, ...], complain
         (
             (
                 "autoscaling.enabled=true",
+                "auth.redis.existingSecret=redis",
                 "autoscaling.generationsInFlightPerPod=4",
                 "metrics.enabled=false",
             ),
