@@ -64,6 +64,10 @@ class Services:
             "upstream_backoff_base_s": "0.01",
             "upstream_backoff_max_s": "0.1",
             "log_level": "WARNING",
+            # The load and the fuzz carry no API key (tests/auth covers keys).
+            "auth": "none",
+            # Any free port: a fixed one collides with other services on the machine.
+            "metrics_port": "0",
             **self.settings,
         }
         return {**base_env(), **{f"IMAGE_SERVICE_{k.upper()}": v for k, v in values.items()}}
