@@ -319,6 +319,7 @@ class Orchestrator:
             images=len(images),
             inline_fallbacks=sum(1 for image in images if not image.stored),
             cost=record.cost,
+            key_id=caller.key_id,
         )
         try:
             await self._records.save(record, generation.storage_deadline)

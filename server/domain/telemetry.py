@@ -52,10 +52,18 @@ class Telemetry(Protocol):
         """One write to the blob store ended; `outcome` is OK or an error reason."""
 
     def generation_delivered(
-        self, model: str, backend: str, *, images: int, inline_fallbacks: int, cost: Decimal | None
+        self,
+        model: str,
+        backend: str,
+        *,
+        images: int,
+        inline_fallbacks: int,
+        cost: Decimal | None,
+        key_id: str = "",
     ) -> None:
         """A new generation (not a replay) delivered `images`, `inline_fallbacks` of
-        them inline because storing failed, for `cost` USD (None: price unknown)."""
+        them inline because storing failed, for `cost` USD (None: price unknown),
+        to the API key `key_id` (its public id; "" when auth is off)."""
 
 
 class NoTelemetry:
@@ -77,7 +85,14 @@ class NoTelemetry:
         pass
 
     def generation_delivered(
-        self, model: str, backend: str, *, images: int, inline_fallbacks: int, cost: Decimal | None
+        self,
+        model: str,
+        backend: str,
+        *,
+        images: int,
+        inline_fallbacks: int,
+        cost: Decimal | None,
+        key_id: str = "",
     ) -> None:
         pass
 

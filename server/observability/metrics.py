@@ -153,6 +153,21 @@ class ServiceMetrics:
             ["model", "backend"],
             registry=r,
         )
+        # Per API key: families of their own, labelled by the key's public id
+        # alone, so keys (as many as an operator creates) do not multiply the
+        # model x backend series. Never the key itself.
+        self.key_images = Counter(
+            f"{NAMESPACE}_key_images_total",
+            "Images delivered, per API key (its public id).",
+            ["key_id"],
+            registry=r,
+        )
+        self.key_cost = Counter(
+            f"{NAMESPACE}_key_cost_usd_total",
+            "Upstream cost of delivered images, per API key (its public id), in US dollars.",
+            ["key_id"],
+            registry=r,
+        )
         self.upstream_duration = Histogram(
             f"{NAMESPACE}_upstream_call_duration_seconds",
             "One call to a backend (retries and limiter queueing included), by outcome "
@@ -218,15 +233,26 @@ class ServiceMetrics:
             self.storage_put_failures.labels(outcome).inc()
 
     def generation_delivered(
-        self, model: str, backend: str, *, images: int, inline_fallbacks: int, cost: Decimal | None
+        self,
+        model: str,
+        backend: str,
+        *,
+        images: int,
+        inline_fallbacks: int,
+        cost: Decimal | None,
+        key_id: str = "",
     ) -> None:
         labels = (self.model(model), backend)
         if images:
             self.images.labels(*labels).inc(images)
+            if key_id:
+                self.key_images.labels(key_id).inc(images)
         if inline_fallbacks:
             self.inline_fallbacks.labels(*labels).inc(inline_fallbacks)
         if cost:
             self.cost.labels(*labels).inc(float(cost))
+            if key_id:
+                self.key_cost.labels(key_id).inc(float(cost))
 
 
 class RestMetrics:

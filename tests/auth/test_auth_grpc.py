@@ -17,6 +17,7 @@ from server.auth.sqlite_store import SqliteKeyStore
 from server.sandbox.server import SandboxServer
 from tests.auth.conftest import AuthStack
 from tests.auth.status_details import bearer, refusal_of
+from tests.observability.scrape import delta, scrape
 from tests.rpc.stacks import running_stack
 
 FLUX = "azure/flux-kontext-pro"
@@ -252,3 +253,24 @@ async def test_auth_keys_logs_no_such_warning(
     caplog.set_level(logging.WARNING)
     async with running_stack(sandbox, tmp_path, auth="keys", auth_db=tmp_path / "a.sqlite3"):
         assert not any("NOT authenticated" in r.getMessage() for r in caplog.records)
+
+
+async def test_usage_is_exported_per_key_id(auth_stack: AuthStack) -> None:
+    service = auth_stack.stack.service
+    assert service.metrics_server is not None
+    url = f"{service.metrics_server.base_url}/metrics"
+    key, other = await auth_stack.new_key(), await auth_stack.new_key()
+    before = await scrape(url)
+    first = await auth_stack.stack.stub.Generate(generate(IMAGEN, n=3), metadata=bearer(key))
+    await auth_stack.stack.stub.Generate(generate(IMAGEN, n=1), metadata=bearer(other))
+    after = await scrape(url)
+
+    for name, (mine, theirs) in {
+        "image_service_key_images_total": (3, 1),
+        "image_service_key_cost_usd_total": (float(first.cost), None),
+    }.items():
+        assert delta(before, after, name, key_id=key_id_of(key)) == pytest.approx(mine)
+        if theirs is not None:
+            assert delta(before, after, name, key_id=key_id_of(other)) == theirs
+    # The public id only: no label carries the key itself.
+    assert not any(key in str(sample) or other in str(sample) for sample in after)
