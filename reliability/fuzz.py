@@ -371,7 +371,11 @@ def fuzz_grpc(target: str, examples: int, run_seed: int) -> Tally:
         except grpc.RpcError as error:
             code = error.code().name  # type: ignore[attr-defined]
             details = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
-            unexplained = "grpc-status-details-bin" not in details
+            # A status too large for the client's metadata limit arrives as
+            # RESOURCE_EXHAUSTED: a retryable code in place of the real one.
+            unexplained = "grpc-status-details-bin" not in details or (
+                "metadata size exceeds" in (error.details() or "")  # type: ignore[attr-defined]
+            )
             bad = code in SERVER_FAULT_CODES or (unexplained and code != "DEADLINE_EXCEEDED")
             example = f"{method}: {code} {error.details()!r}"[:160]  # type: ignore[attr-defined]
             tally.add(code, server_error=bad, example=example)

@@ -64,14 +64,28 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+# A status travels as trailing metadata (grpc-message, and the details
+# base64-encoded), which clients refuse past 8 KiB, at random, and always past
+# 16 KiB, as RESOURCE_EXHAUSTED: a retryable code in place of the real one.
+# Messages that quote the caller's input (a 4,000-character model name) are
+# clipped so that any status fits.
+_MAX_MESSAGE_CHARS = 512
+_MAX_DESCRIPTION_CHARS = 256
+_MAX_METADATA_CHARS = 128
+_MAX_VIOLATIONS = 8
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def to_status(error: errors.ImageServiceError) -> grpc.Status:
     """The `grpc.Status` (code, message, details trailer) for `error`."""
     code = code_for(error)
+    metadata = {key: _clip(value, _MAX_METADATA_CHARS) for key, value in error.metadata.items()}
     details = [
         _pack(
-            error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-            )
+            error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
         )
     ]
     if isinstance(error, errors.InvalidArgument):
@@ -80,9 +94,10 @@ def to_status(error: errors.ImageServiceError) -> grpc.Status:
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
+                            field=_clip(v.field, _MAX_METADATA_CHARS),
+                            description=_clip(v.description, _MAX_DESCRIPTION_CHARS),
                         )
-                        for v in error.violations
+                        for v in error.violations[:_MAX_VIOLATIONS]
                     ]
                 )
             )
@@ -106,7 +121,9 @@ def to_status(error: errors.ImageServiceError) -> grpc.Status:
         )
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(
-        code=getattr(code_pb2, code.name), message=error.message, details=details
+        code=getattr(code_pb2, code.name),
+        message=_clip(error.message, _MAX_MESSAGE_CHARS),
+        details=details,
     )
     return rpc_status.to_status(status)
 
