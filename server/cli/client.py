@@ -94,7 +94,19 @@ def _shared_fields(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.seed is not None:
         fields["seed"] = args.seed
+    output = pb.OutputOptions(partial_images=args.partial_images or 0)
+    for name in OUTPUT_TEXT_FIELDS:
+        setattr(output, name, getattr(args, name) or "")
+    if args.output_compression is not None:
+        output.output_compression = args.output_compression
+    if output.ByteSize():  # left unset when no flag is given
+        fields["output"] = output
     return fields
+
+
+# OpenAI Images' output parameters (`OutputOptions` in the proto), as flags of
+# the same names; the service checks their values, as it does over REST.
+OUTPUT_TEXT_FIELDS = ("quality", "output_format", "background", "moderation", "user")
 
 
 def build_edit_request(
@@ -340,6 +352,16 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="save images as DIR/{generation_id}-{index}.{ext}"
     )
+    group = parser.add_argument_group(
+        "output (OpenAI Images parameters; what a model cannot honour is reported or refused)"
+    )
+    group.add_argument("--quality", help="auto, low, medium, high, standard or hd")
+    group.add_argument("--output-format", help="png, jpeg or webp")
+    group.add_argument("--output-compression", type=int, metavar="0-100", help="jpeg/webp")
+    group.add_argument("--background", help="auto, transparent or opaque")
+    group.add_argument("--moderation", help="auto or low")
+    group.add_argument("--user", help="your end-user's id, kept in the record")
+    group.add_argument("--partial-images", type=int, metavar="N", help="0 to 3")
 
 
 def _add_edit_options(edit: argparse.ArgumentParser) -> None:

@@ -207,3 +207,40 @@ async def test_image_services_edits_take_their_parameters(dev: Dev) -> None:
     )
     assert code == 2
     assert "INVALID_ARGUMENT" in err and "search_prompt" in err
+
+
+async def test_output_parameters_reach_the_service(dev: Dev) -> None:
+    out_dir = dev.workdir / "out-jpeg"
+    code, _, err = await _run(
+        "generate",
+        "--target",
+        dev.grpc_target,
+        "--model",
+        "azure/flux-2-pro",
+        "--prompt",
+        "a red fox",
+        "--output-format",
+        "jpeg",
+        "--output-compression",
+        "80",
+        "--out",
+        str(out_dir),
+        cwd=dev.workdir,
+    )
+    assert code == 0, err
+    saved = [p for p in out_dir.iterdir() if p.name.startswith("gen-")]
+    assert len(saved) == 1 and saved[0].read_bytes()[:2] == b"\xff\xd8"  # re-encoded as JPEG
+    # A value outside the parameter's set is the caller's mistake: exit 2.
+    code, _, err = await _run(
+        "generate",
+        "--target",
+        dev.grpc_target,
+        "--model",
+        "azure/flux-2-pro",
+        "--prompt",
+        "a red fox",
+        "--background",
+        "plaid",
+        cwd=dev.workdir,
+    )
+    assert code == 2 and "background" in err

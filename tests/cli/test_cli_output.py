@@ -104,6 +104,40 @@ def test_generate_arguments_become_the_request() -> None:
     assert args.func is client.generate_command
 
 
+def test_output_flags_become_output_options() -> None:
+    args = parse(
+        "generate",
+        "--model",
+        "m",
+        "--prompt",
+        "p",
+        "--quality",
+        "high",
+        "--output-format",
+        "webp",
+        "--output-compression",
+        "0",
+        "--background",
+        "opaque",
+        "--moderation",
+        "low",
+        "--user",
+        "u-1",
+        "--partial-images",
+        "2",
+    )
+
+    assert client.build_generate_request(args).output == pb.OutputOptions(
+        quality="high",
+        output_format="webp",
+        output_compression=0,
+        background="opaque",
+        moderation="low",
+        user="u-1",
+        partial_images=2,
+    )
+
+
 def test_generate_defaults_leave_optional_fields_unset() -> None:
     request = client.build_generate_request(parse("generate", "--model", "m", "--prompt", "p"))
 
@@ -111,6 +145,7 @@ def test_generate_defaults_leave_optional_fields_unset() -> None:
     assert request.size == ""
     assert request.response_format == pb.RESPONSE_FORMAT_URL
     assert not request.HasField("seed")
+    assert not request.HasField("output")
 
 
 def test_edit_arguments_become_the_request() -> None:
