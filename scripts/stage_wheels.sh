@@ -22,10 +22,15 @@ for tag in manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_24_x86_64 many
 	manylinux_2_31_x86_64 manylinux_2_34_x86_64 manylinux_2_36_x86_64; do
 	platforms+=(--platform "$tag")
 done
+# pip evaluates environment markers with the host's own interpreter, not the
+# target's: redis needs async-timeout only below Python 3.11.3, which Debian
+# 12's 3.11.2 is and a newer host is not. Such marker-only dependencies of the
+# image's Python are named here.
+TARGET_ONLY=("async-timeout>=4.0.3")
 echo "staging runtime wheels for CPython 3.11 linux x86_64 into $DEST/"
 "$PYTHON" -m pip download --quiet --dest "$STAGE" --only-binary=:all: \
 	--implementation cp --python-version 3.11 --abi cp311 "${platforms[@]}" \
-	-r "$STAGE/requirements.txt" hatchling pip 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
+	-r "$STAGE/requirements.txt" "${TARGET_ONLY[@]}" hatchling pip 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 # Replace the old set only once the new one is complete.
 find "$DEST" -maxdepth 1 -name '*.whl' -delete
 mv "$STAGE"/*.whl "$DEST"/
