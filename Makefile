@@ -156,7 +156,7 @@ image-test: image tools install ## Run the image as the chart's pod (podman pod)
 	$(BIN)/pytest -q -p no:cacheprovider tests/image
 
 .PHONY: bench
-bench: install ## Benchmarks (not part of `make test`)
+bench: install test-deps ## Benchmarks (not part of `make test`; redis-server for the production configuration)
 	$(BIN)/python -m benchmarks.run
 
 # Peer gateways for `make bench-peers`, each in its own directory under .bench/

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import keyed
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -97,6 +99,10 @@ def test_quick_run_reports_every_section_without_errors(tmp_path: Path) -> None:
     assert "## bare against production" in text
     # The production configuration's traces reached the local receiver.
     assert data["otlp"]["exports"] > 0
+    # With keys and a redis-server (make test installs it), production's
+    # calls carried a key checked against Redis, and none was refused.
+    if keyed.supported():
+        assert "with an API key checked against Redis" in text
     assert data["capacity"][0]["completed"] == 20
     assert data["capacity"][0]["errors"] == {}
     assert {t["name"] for t in data["targets"]} >= {
