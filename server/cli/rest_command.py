@@ -92,7 +92,11 @@ async def _drain(drain: Drain, grace_s: float) -> None:
     # Also answers 503 to any request arriving from now on, rather than
     # letting uvicorn cut it off mid-way when it stops.
     drain.expire()
-    await drain.wait_idle(_ABORT_MARGIN_S)
+    if not await drain.wait_idle(_ABORT_MARGIN_S):
+        # Still unanswered: not waiting on the service (an upload still
+        # arriving, say). Answer those 503 too, before uvicorn stops.
+        log.warning("cutting %d request(s) still unanswered", drain.cut_unanswered())
+        await drain.wait_idle(_ABORT_MARGIN_S)
 
 
 async def _until_signalled() -> None:

@@ -144,3 +144,31 @@ def test_grace_must_be_a_non_negative_number(grace: str) -> None:
 
     with pytest.raises(ValidationError):
         Settings(rest_shutdown_grace_s=grace)
+
+
+async def test_an_upload_still_arriving_when_the_grace_ends_gets_the_503_too() -> None:
+    # A request whose body is still arriving waits on its client, not on the
+    # service, so nothing told it to stop: uvicorn cut it off with a plain 500.
+    service = HeldService(expected=1)
+    async with sidecar_process(service, grace_s=0.2) as rest:
+        url = httpx.URL(rest.base_url)
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        try:
+            head = (
+                "POST /v1/images/generations HTTP/1.1\r\n"
+                f"Host: {url.host}\r\n"
+                "Content-Type: application/json\r\n"
+                "Content-Length: 100000\r\n\r\n"
+                '{"model": "azure/flux-kontext-pro", "prompt": "'
+            )
+            writer.write(head.encode())
+            await writer.drain()
+            rest.process.send_signal(signal.SIGTERM)
+            answer = await asyncio.wait_for(reader.read(), 60)
+        finally:
+            writer.close()
+        status_line, _, rest_of_answer = answer.partition(b"\r\n")
+        assert status_line == b"HTTP/1.1 503 Service Unavailable"
+        assert b'"code":"shutting_down"' in rest_of_answer
+        assert b"retry-after: 1" in rest_of_answer.lower()
+        assert await asyncio.wait_for(rest.process.wait(), 30) == 0
