@@ -308,6 +308,17 @@ class AzureMaiEmulator:
                 request.query_params.get("api-version"),
             )
         )
+        deployment = self._deployment(named)
+        if isinstance(deployment, Response):
+            return deployment
+        try:
+            job = _edit_job(deployment, prompt, images)
+        except _Invalid as invalid:
+            return azure_error(400, "BadRequest", str(invalid))
+        return await self._answer(job, exchange)
+
+    def _deployment(self, named: object) -> str | Response:
+        """The deployment a body's `model` names, or Azure's error answer."""
         if not isinstance(named, str) or not named.strip():
             return azure_error(400, "BadRequest", "'model' is required.")
         deployment = self.deployments.get(named.strip().lower())
@@ -318,10 +329,10 @@ class AzureMaiEmulator:
                 "The API deployment for this resource does not exist. If you created the "
                 "deployment within the last 5 minutes, please wait a moment and try again.",
             )
-        try:
-            job = _edit_job(deployment, prompt, images)
-        except _Invalid as invalid:
-            return azure_error(400, "BadRequest", str(invalid))
+        return deployment
+
+    async def _answer(self, job: _Job, exchange: Exchange) -> Response:
+        """A valid request's answer: the quota, then any injected fault, then the image."""
         wait = self._over_quota()
         if wait is not None:
             self.rate_limited += 1
@@ -344,26 +355,11 @@ class AzureMaiEmulator:
             return azure_error(400, "BadRequest", "The request body must be a JSON object.")
         self.received.append(Received(body, time.monotonic(), version))
         named = body.get("model")
-        if not isinstance(named, str) or not named.strip():
-            return azure_error(400, "BadRequest", "'model' is required.")
-        deployment = self.deployments.get(named.strip().lower())
-        if deployment is None:
-            return azure_error(
-                404,
-                "DeploymentNotFound",
-                "The API deployment for this resource does not exist. If you created the "
-                "deployment within the last 5 minutes, please wait a moment and try again.",
-            )
+        deployment = self._deployment(named)
+        if isinstance(deployment, Response):
+            return deployment
         try:
             job = _validate(body, deployment)
         except _Invalid as invalid:
             return azure_error(400, "BadRequest", str(invalid))
-        wait = self._over_quota()
-        if wait is not None:
-            self.rate_limited += 1
-            return _rate_limited(max(wait, 0.001))
-
-        fault = await exchange.begin(job.prompt)
-        if fault.mode is not FaultMode.NONE:
-            return _fault_response(fault)
-        return JSONResponse(await asyncio.to_thread(_render, job))
+        return await self._answer(job, exchange)
