@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     # counters, request-id leases and provider limits then hold for every
     # replica. A secret: it may carry the password.
     redis_url: SecretStr | None = None
+    # This process's connections to Redis (keys, counters, leases and provider
+    # limits share them). Commands past them wait for a free one, up to
+    # redis_pool_timeout_s, then fail like an unreachable Redis (UNAVAILABLE).
+    redis_max_connections: int = Field(default=64, ge=1, le=10_000)
+    redis_pool_timeout_s: float = Field(default=10.0, gt=0)
     # How long a retry waits for another replica's attempt with the same
     # request id (Redis only) before ABORTED / 409 with Retry-After.
     idempotency_wait_s: float = Field(default=30.0, ge=0)

@@ -24,7 +24,7 @@ def open_key_store(settings: Settings) -> KeyStore:
     if settings.redis_url is not None:
         from server.auth.redis_store import RedisKeyStore, connect
 
-        return RedisKeyStore(connect(settings.redis_url.get_secret_value()))
+        return RedisKeyStore(connect(settings.redis_url.get_secret_value(), settings))
     return SqliteKeyStore(settings.auth_db)
 
 

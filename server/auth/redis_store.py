@@ -14,6 +14,13 @@ months 400), `periods:<id>` set of periods with usage.
 
 Redis errors and timeouts become `StoreUnavailable`; `Authenticator` turns
 that into refusing the call (fail closed).
+
+One process shares one bounded pool of connections (`connect`). Commands
+past its size wait for a connection, up to `IMAGE_SERVICE_REDIS_POOL_TIMEOUT_S`,
+instead of failing:
+a burst of calls is a busy Redis, not an unreachable one. redis-py's default
+pool (100 connections) raises `MaxConnectionsError` at once on the 101st
+concurrent command, which refused calls with Redis idle.
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ from redis.exceptions import RedisError
 
 from server.auth.keys import KeyRecord, Limits, Usage, from_units, to_units
 from server.auth.store import QuotaCheck, QuotaRefusal, StoreUnavailable, refusal
+from server.settings import Settings
 
 T = TypeVar("T")
 WINDOW_MS = 60_000
 _DAY_TTL_S = 40 * 24 * 3600
 _MONTH_TTL_S = 400 * 24 * 3600
-# Every call waits at most this long for Redis before failing closed.
+# Every command waits at most this long for Redis's answer (or to connect)
+# before failing closed; the wait for a free connection comes before it.
 SOCKET_TIMEOUT_S = 2.0
 
 _ADD = """
@@ -65,14 +74,24 @@ return -1
 """
 
 
-def connect(url: str) -> aioredis.Redis:
-    """A client for `url` whose every command gives up after `SOCKET_TIMEOUT_S`."""
-    return aioredis.Redis.from_url(
+def connect(url: str, settings: Settings | None = None) -> aioredis.Redis:
+    """A client for `url` on at most `settings.redis_max_connections` connections
+    (the defaults without `settings`).
+
+    A command waits up to `redis_pool_timeout_s` for a free connection, then
+    up to `SOCKET_TIMEOUT_S` for Redis; past either it fails
+    (`ConnectionError`, `TimeoutError`: `StoreUnavailable` through `guarded`).
+    """
+    pool_settings = settings or Settings.model_construct()
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=pool_settings.redis_max_connections,
+        timeout=pool_settings.redis_pool_timeout_s,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=SOCKET_TIMEOUT_S,
         decode_responses=True,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 async def guarded(call: Awaitable[T]) -> T:

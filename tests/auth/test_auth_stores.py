@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
+from redis.asyncio import BlockingConnectionPool
 
 from server.auth.access import Authenticator, KeyLedger
 from server.auth.admin import create_key
+from server.auth.build import build_access
 from server.auth.keys import (
     KEY_PATTERN,
     KeyRecord,
@@ -26,6 +28,7 @@ from server.auth.sqlite_store import SqliteKeyStore
 from server.auth.store import KeyStore, QuotaCheck, QuotaRefusal
 from server.domain.callers import Caller
 from server.domain.errors import AuthUnavailable, InvalidApiKey, KeyRateLimited, QuotaExceeded
+from server.settings import Settings
 from tests.auth.redis_server import redis_server
 
 
@@ -164,3 +167,56 @@ async def test_an_unreachable_store_fails_closed(tmp_path: pathlib.Path) -> None
         with pytest.raises(AuthUnavailable):
             await KeyLedger(store).admit(Caller("key_x", images_per_day=1), 1, Decimal(0))
         await store.aclose()
+
+
+async def test_a_burst_larger_than_the_redis_pool_waits_for_connections(
+    tmp_path: pathlib.Path,
+) -> None:
+    # 300 calls at once on a pool of 2: each waits for a free connection
+    # (redis-py's default pool refused the call past its size instead).
+    async with redis_server(tmp_path / "redis") as server:
+        settings = Settings.model_construct(redis_max_connections=2)
+        store = RedisKeyStore(connect(server.url, settings))
+        observer = connect(server.url)
+        try:
+            key, record = await create_key(store, "t", limits=Limits(requests_per_minute=10_000))
+            authenticate = Authenticator(store).authenticate
+            callers = await asyncio.gather(*(authenticate(f"Bearer {key}") for _ in range(300)))
+            assert {caller.key_id for caller in callers} == {record.key_id}
+            clients = await observer.client_list()
+            assert len(clients) - 1 <= 2  # the observer's own connection aside
+            assert await store.take_request(record.key_id, 10_000) is None
+        finally:
+            await observer.aclose()
+            await store.aclose()
+
+
+async def test_no_free_redis_connection_within_the_pool_timeout_fails_closed(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with redis_server(tmp_path / "redis") as server:
+        settings = Settings.model_construct(redis_max_connections=1, redis_pool_timeout_s=0.05)
+        store = RedisKeyStore(connect(server.url, settings))
+        key, _ = await create_key(store, "t")
+        pool = store.client.connection_pool
+        held = await pool.get_connection()  # the pool's only connection, never given back
+        try:
+            with pytest.raises(AuthUnavailable):
+                await Authenticator(store).authenticate(f"Bearer {key}")
+        finally:
+            await pool.release(held)
+            await store.aclose()
+
+
+def test_the_redis_pool_is_sized_by_the_settings() -> None:
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1/0",
+        redis_max_connections=7,
+        redis_pool_timeout_s=3.5,
+        auth="keys",
+    )
+    access = build_access(settings)
+    assert isinstance(access.store, RedisKeyStore)
+    pool = access.store.client.connection_pool
+    assert isinstance(pool, BlockingConnectionPool)
+    assert (pool.max_connections, pool.timeout) == (7, 3.5)

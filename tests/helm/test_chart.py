@@ -516,6 +516,8 @@ def test_manifests_are_valid_kubernetes_objects(docs: list[Manifest], kubernetes
         (("config.GRPC_PORT=1",), "GRPC_PORT"),
         (("config.REST_PORT=1",), "REST_PORT"),
         (("storage.r2.presignTtlSeconds=999999",), "/storage/r2/presignTtlSeconds"),
+        (("auth.redis.maxConnections=0",), "/auth/redis/maxConnections"),
+        (("config.REDIS_MAX_CONNECTIONS=8",), "REDIS_MAX_CONNECTIONS"),
         (("config.IMAGE_SERVICE_LOG_LEVEL=DEBUG",), "IMAGE_SERVICE_LOG_LEVEL"),
         (("config.lower_case=1",), "lower_case"),
         (("secrets.AZURE_FLUX_API_KEY=",), "/secrets/AZURE_FLUX_API_KEY"),
@@ -691,6 +693,31 @@ def test_the_redis_url_comes_from_an_existing_secret_in_the_server_only() -> Non
     }
     assert "IMAGE_SERVICE_REDIS_URL" not in str(rest)
     assert "IMAGE_SERVICE_AUTH_DB" not in config_data(docs)
+
+
+def test_the_redis_connection_pool_comes_from_values() -> None:
+    data = config_data(render((FULL_VALUES,)))
+    assert (
+        data["IMAGE_SERVICE_REDIS_MAX_CONNECTIONS"],
+        data["IMAGE_SERVICE_REDIS_POOL_TIMEOUT_S"],
+    ) == (
+        "64",
+        "10",
+    )
+    sized = (
+        "auth.redis.existingSecret=r",
+        "auth.redis.maxConnections=16",
+        "auth.redis.poolTimeoutSeconds=3",
+    )
+    data = config_data(render(sets=sized))
+    assert (
+        data["IMAGE_SERVICE_REDIS_MAX_CONNECTIONS"],
+        data["IMAGE_SERVICE_REDIS_POOL_TIMEOUT_S"],
+    ) == (
+        "16",
+        "3",
+    )
+    assert "IMAGE_SERVICE_REDIS_MAX_CONNECTIONS" not in config_data(render())
 
 
 def test_restricted_egress_reaches_redis_dns_and_public_https_only() -> None:

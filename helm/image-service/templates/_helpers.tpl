@@ -102,6 +102,9 @@ the two never collide and the ConfigMap never holds a secret.
 {{- if not .Values.auth.redis.existingSecret }}
 {{- /* Without Redis: the embedded key store, in the pod's writable /tmp. */}}
 {{- $_ := set $data "IMAGE_SERVICE_AUTH_DB" "/tmp/auth/auth.sqlite3" }}
+{{- else }}
+{{- $_ := set $data "IMAGE_SERVICE_REDIS_MAX_CONNECTIONS" .Values.auth.redis.maxConnections }}
+{{- $_ := set $data "IMAGE_SERVICE_REDIS_POOL_TIMEOUT_S" .Values.auth.redis.poolTimeoutSeconds }}
 {{- end }}
 {{- if eq .Values.storage.type "local" }}
 {{- $_ := set $data "IMAGE_SERVICE_LOCAL_STORAGE_DIR" .Values.storage.local.dir }}
