@@ -24,7 +24,7 @@ import grpc
 from server.domain.callers import Caller, acting_as
 from server.domain.errors import ImageServiceError
 from server.observability import request_context
-from server.rpc.status import to_status
+from server.rpc.status import abort, to_status
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except ImageServiceError as error:
             log.info("%s refused: %s", method, error.reason)
             status = to_status(error)
-            await context.abort(status.code, status.details, status.trailing_metadata)
-            raise  # unreachable: abort raises
+            await abort(context, status)
         request = request_context.current()
         if request is not None:
             request.key_id = caller.key_id  # the access line names the key by its id

@@ -23,7 +23,7 @@ from server.domain.errors import ImageServiceError
 from server.domain.events import ImageReady, StreamEvent
 from server.domain.orchestrator import Orchestrator
 from server.rpc import convert
-from server.rpc.status import code_for, internal_status, to_status
+from server.rpc.status import abort, code_for, internal_status, to_status
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class StatusOnError:
         else:
             log.exception("unexpected error", exc_info=error)
             status = internal_status()
-        await self._context.abort(status.code, status.details, status.trailing_metadata)
+        await abort(self._context, status)
 
 
 def _deadline(context: Context) -> Deadline:

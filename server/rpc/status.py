@@ -11,6 +11,7 @@ fixed message (details go to the log only).
 from __future__ import annotations
 
 import math
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -130,3 +131,15 @@ def to_status(error: errors.ImageServiceError) -> grpc.Status:
 
 def internal_status() -> grpc.Status:
     return to_status(errors.ImageServiceError(INTERNAL_MESSAGE))
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> NoReturn:
+    """Abort the call with `status`, keeping the trailers already set.
+
+    grpc replaces the call's trailing metadata with the abort's and sends
+    the status at once; the request id the observing interceptor put in the
+    trailers (`server/rpc/observing.py`) must go out beside the details.
+    """
+    kept = tuple(context.trailing_metadata() or ())
+    await context.abort(status.code, status.details, (*kept, *status.trailing_metadata))
+    raise AssertionError("unreachable: abort raises")  # for the type checker

@@ -15,7 +15,7 @@ from typing import Any
 
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.rpc.handlers import Context, WrappingInterceptor, wrap_unary_request
-from server.rpc.status import to_status
+from server.rpc.status import abort, to_status
 
 
 class _Undecodable:
@@ -52,7 +52,7 @@ def _refuse(message_name: str) -> Callable[[Any, Context], Awaitable[None]]:
 
     async def before(request: Any, context: Context) -> None:
         if request is _UNDECODABLE:
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            await abort(context, status)
 
     return before
 

@@ -55,8 +55,8 @@ async def test_json_access_lines_carry_ids_through_both_processes(tmp_path: path
                 timeout=30,
             )
             generation = await call
-            headers = dict(await call.initial_metadata())
-        assert headers["x-request-id"] == "grpc-caller-7"
+            trailers = dict(await call.trailing_metadata())
+        assert trailers["x-request-id"] == "grpc-caller-7"
 
     lines = dev.json_lines()  # raises if any line is not JSON
     http = _access(lines, "http", "caller-req-42")

@@ -87,6 +87,9 @@ class _AbortRecorder:
         self.aborted.append((code, details, trailing_metadata))
         raise grpc.aio.AbortError()
 
+    def trailing_metadata(self) -> tuple[()]:
+        return ()  # nothing set before the abort
+
 
 def _context(recorder: _AbortRecorder) -> grpc.aio.ServicerContext[object, object]:
     return cast("grpc.aio.ServicerContext[object, object]", recorder)
