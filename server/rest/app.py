@@ -56,6 +56,7 @@ from server.rest.upstream import (
     Upstream,
     open_channel,
 )
+from server.rest.wire import Received
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,8 @@ class _Handlers:
             context,
             parsed.request,
             stream=parsed.stream,
-            unary=self._stub.Generate,
-            streaming=self._stub.StreamGenerate,
+            unary=self._upstream.generate,
+            streaming=self._upstream.stream_generate,
             image_event=GENERATION_IMAGE_EVENT,
         )
 
@@ -139,8 +140,8 @@ class _Handlers:
             context,
             parsed.request,
             stream=parsed.stream,
-            unary=self._stub.Edit,
-            streaming=self._stub.StreamEdit,
+            unary=self._upstream.edit,
+            streaming=self._upstream.stream_edit,
             image_event=EDIT_IMAGE_EVENT,
         )
 
@@ -165,13 +166,15 @@ class _Handlers:
                 response = await start_stream(call, watcher, image_event_name=image_event, b64=b64)
                 handed_over = True  # the response closes the watcher
                 return response
-            generation: pb.Generation = await watcher.run(
+            generation: Received[pb.Generation] = await watcher.run(
                 unary(message, metadata=context.metadata, timeout=self._timeout)
             )
         finally:
             if not handed_over:
                 watcher.close()
-        return ChunkedJSONResponse(generation_chunks(generation, b64=b64))
+        return ChunkedJSONResponse(
+            generation_chunks(generation.message, b64=b64, image_data=generation.image_data)
+        )
 
     async def models(self, request: Request, context: CallContext) -> Response:
         listing = await self._list_models(request, context)
@@ -189,12 +192,16 @@ class _Handlers:
         message = pb.GetGenerationRequest(generation_id=request.path_params["generation_id"])
         watcher = DisconnectWatcher(request.receive, self._drain)
         try:
-            generation: pb.Generation = await watcher.run(
-                self._stub.GetGeneration(message, metadata=context.metadata, timeout=self._timeout)
+            generation: Received[pb.Generation] = await watcher.run(
+                self._upstream.get_generation(
+                    message, metadata=context.metadata, timeout=self._timeout
+                )
             )
         finally:
             watcher.close()
-        return ChunkedJSONResponse(generation_chunks(generation, b64=False))
+        return ChunkedJSONResponse(
+            generation_chunks(generation.message, b64=False, image_data=generation.image_data)
+        )
 
     async def _list_models(self, request: Request, context: CallContext) -> pb.ListModelsResponse:
         watcher = DisconnectWatcher(request.receive, self._drain)

@@ -31,6 +31,7 @@ from server.observability.access import log_access
 from server.observability.metrics import CONTENT_TYPE_LATEST, RestMetrics, exposition
 from server.observability.request_context import RequestContext, request_id_or_new
 from server.observability.tracing import asgi_traced
+from server.rest.wire import Received
 
 METRICS_PATH = "/metrics"
 _UNLOGGED_PATHS = frozenset({METRICS_PATH, "/healthz", "/readyz"})
@@ -121,6 +122,8 @@ def _note(message: Any) -> None:
     if context is None:
         return
     generation = None
+    if isinstance(message, Received):  # what the sidecar's image methods answer
+        message = message.message
     if isinstance(message, pb.Generation):
         generation = message
     elif isinstance(

@@ -21,7 +21,7 @@ characters is valid JSON.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pybase64
 from chuizi.image.v1 import image_service_pb2 as pb
@@ -30,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from server.operation_names import operation_name
 from server.rest.errors import public_code
+from server.rest.wire import ImageBytes
 
 
 def dumps(value: object) -> str:
@@ -64,10 +65,10 @@ class BodyBuilder:
             self._text.clear()
 
 
-def write_image_fields(out: BodyBuilder, image: pb.Image, data: bytes, *, b64: bool) -> None:
+def write_image_fields(out: BodyBuilder, image: pb.Image, data: ImageBytes, *, b64: bool) -> None:
     """Write an image's `"b64_json"` or `"url"` member (and `revised_prompt`).
 
-    `data` is the image's bytes, read once by the caller. `b64_json` when
+    `data` is the image's bytes (see `write_images`). `b64_json` when
     the caller asked for it, and also for an image that could not be stored
     (`stored` false): a paid image is never dropped.
     """
@@ -83,12 +84,24 @@ def write_image_fields(out: BodyBuilder, image: pb.Image, data: bytes, *, b64: b
         out.value(image.revised_prompt)
 
 
-def write_images(out: BodyBuilder, images: Iterable[pb.Image], *, b64: bool) -> None:
-    """Write the `data` array, in image index order."""
+def write_images(
+    out: BodyBuilder,
+    images: Sequence[pb.Image],
+    *,
+    b64: bool,
+    image_data: Sequence[ImageBytes] | None = None,
+) -> None:
+    """Write the `data` array, in image index order.
+
+    `image_data[i]` is the bytes of `images[i]` (`server.rest.wire`); without
+    it they are read from the images.
+    """
+    if image_data is None:
+        # Read once: upb copies the bytes on every access.
+        image_data = [image.data for image in images]
     out.text("[")
     first = True
-    for image in sorted(images, key=lambda i: i.index):
-        data = image.data  # read once: upb copies the bytes on every access
+    for image, data in sorted(zip(images, image_data, strict=True), key=lambda i: i[0].index):
         if not data and not image.url:
             # In a stored record, an image that never reached storage: its
             # bytes were returned inline by the original call and are gone.
@@ -149,13 +162,16 @@ def x_chuizi(generation: pb.Generation) -> dict[str, object]:
     return block
 
 
-def generation_chunks(generation: pb.Generation, *, b64: bool) -> list[bytes]:
-    """The body of a generation response (see module doc) as chunks."""
+def generation_chunks(
+    generation: pb.Generation, *, b64: bool, image_data: Sequence[ImageBytes] | None = None
+) -> list[bytes]:
+    """The body of a generation response (see module doc) as chunks;
+    `image_data` as for `write_images`."""
     out = BodyBuilder()
     out.text('{"created":')
     out.value(generation.created)
     out.text(',"data":')
-    write_images(out, generation.images, b64=b64)
+    write_images(out, generation.images, b64=b64, image_data=image_data)
     for name, value in openai_fields(generation).items():
         out.text(f',"{name}":')
         out.value(value)

@@ -49,6 +49,7 @@ from server.rest.responses import (
     x_chuizi,
 )
 from server.rest.upstream import ClientDisconnected, DisconnectWatcher
+from server.rest.wire import ImageBytes, Received
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,11 @@ _FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
 StreamCall = grpc.aio.UnaryStreamCall[Any, Any]
 
 
-def image_event(name: str, image: pb.Image, *, b64: bool) -> list[bytes]:
-    """One image event's bytes (see module doc)."""
+def image_event(
+    name: str, image: pb.Image, *, b64: bool, data: ImageBytes | None = None
+) -> list[bytes]:
+    """One image event's bytes (see module doc); `data` is the image's bytes
+    when they are not in `image` (`server.rest.wire`)."""
     out = BodyBuilder()
     # name, index and the timestamp need no JSON escaping.
     out.text(
@@ -80,7 +84,7 @@ def image_event(name: str, image: pb.Image, *, b64: bool) -> list[bytes]:
     )
     out.value(_FORMATS.get(image.mime_type, image.mime_type.removeprefix("image/")))
     out.text(",")
-    write_image_fields(out, image, image.data, b64=b64)
+    write_image_fields(out, image, image.data if data is None else data, b64=b64)
     out.text("}\n\n")
     return out.chunks()
 
@@ -190,13 +194,16 @@ class EventStreamResponse(Response):
                     send, error_event(RestError(500, "Internal error.", type=SERVER, code=INTERNAL))
                 )
                 return
-            if not isinstance(message, pb.StreamGenerateResponse | pb.StreamEditResponse):
+            if not isinstance(message, Received):
                 return  # grpc.aio.EOF: the call has finished
-            kind = message.WhichOneof("event")
+            event = message.message
+            kind = event.WhichOneof("event")
             if kind == "image":
-                chunks = image_event(self._image_event, message.image, b64=self._b64)
+                chunks = image_event(
+                    self._image_event, event.image, b64=self._b64, data=message.image_data[0]
+                )
             elif kind == "generation":
-                chunks = record_event(message.generation)
+                chunks = record_event(event.generation)
             else:
                 chunks = []
             for chunk in chunks:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from chuizi.image.v1 import image_service_pb2 as pb
 from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 from starlette.types import Receive
 
@@ -29,6 +30,7 @@ from server.rest.errors import (
     RestError,
 )
 from server.rest.observing import access_fields_interceptors
+from server.rest.wire import decode_generation, decode_stream_edit, decode_stream_generate
 from server.settings import Settings
 
 T = TypeVar("T")
@@ -65,14 +67,38 @@ def open_channel(settings: Settings, target: str | None = None) -> grpc.aio.Chan
     )
 
 
+_SERVICE = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
+
+
 class Upstream:
-    """The generated stub plus what every call carries."""
+    """The generated stub plus what every call carries.
+
+    The methods whose answers carry images (`generate`, `edit`,
+    `stream_generate`, `stream_edit`, `get_generation`) answer with
+    `server.rest.wire.Received`: the message, and its images' bytes as
+    views of what the channel received, never copied before base64.
+    """
 
     def __init__(self, channel: grpc.aio.Channel, settings: Settings) -> None:
         self.channel = channel
         # The generated stub is untyped; call sites annotate what they get.
         self.stub: Any = pb_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
         self.timeout_s = settings.rest_upstream_timeout_s
+        unary, stream = channel.unary_unary, channel.unary_stream
+        self.generate: Any = unary(*_method("Generate", pb.GenerateRequest, decode_generation))
+        self.edit: Any = unary(*_method("Edit", pb.EditRequest, decode_generation))
+        self.get_generation: Any = unary(
+            *_method("GetGeneration", pb.GetGenerationRequest, decode_generation)
+        )
+        self.stream_generate: Any = stream(
+            *_method("StreamGenerate", pb.GenerateRequest, decode_stream_generate)
+        )
+        self.stream_edit: Any = stream(*_method("StreamEdit", pb.EditRequest, decode_stream_edit))
+
+
+def _method(name: str, request: Any, decode: Any) -> tuple[str, Any, Any]:
+    """A method's path, request serializer and response deserializer."""
+    return f"/{_SERVICE}/{name}", request.SerializeToString, decode
 
 
 @dataclass(frozen=True)
