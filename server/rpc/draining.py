@@ -102,6 +102,7 @@ class InFlight(WrappingInterceptor):
     """Counts the calls in flight, probes and reflection aside."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls = InFlightCounter()
 
     def wrap(self, handler: Any, method: str) -> Any:

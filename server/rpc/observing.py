@@ -35,6 +35,7 @@ from server.observability.request_context import (
     request_id_or_new,
     serving,
 )
+from server.rpc.handlers import HandlerCache
 
 _IMAGE_SERVICE = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
 _GENERATING = frozenset({"Generate", "Edit", "StreamGenerate", "StreamEdit"})
@@ -170,6 +171,7 @@ class ObservingInterceptor(_ServerInterceptor):
 
     def __init__(self, metrics: ServiceMetrics | None) -> None:
         self._metrics = metrics
+        self._handlers = HandlerCache()
 
     async def intercept_service(
         self,
@@ -181,7 +183,16 @@ class ObservingInterceptor(_ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        full_method = handler_call_details.method
+        wrapped: grpc.RpcMethodHandler[Any, Any] = self._handlers.get(
+            full_method, handler, lambda: self._wrap(handler, full_method)
+        )
+        return wrapped
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], full_method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        service, _, method = full_method.lstrip("/").rpartition("/")
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 # grpc.aio hands aio behaviours through the sync-typed handler.
