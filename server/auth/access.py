@@ -24,8 +24,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from server.auth.keys import bearer_key, digest_of, digests_match, key_id_of, to_units
-from server.auth.store import KeyStore, QuotaCheck, QuotaRefusal, StoreUnavailable
+from server.auth.keys import bearer_key, digest_of, key_id_of, to_units
+from server.auth.store import KeyStore, QuotaCheck, QuotaRefusal, StoreUnavailable, admits
 from server.domain.callers import Caller
 from server.domain.errors import (
     AuthUnavailable,
@@ -52,26 +52,23 @@ class Authenticator:
         if key is None:
             raise InvalidApiKey(_BAD_KEY if authorization else _NO_KEY)
         key_id = key_id_of(key)
+        digest = digest_of(key)
         try:
-            record = await self._store.get(key_id)
+            # One store step: the record, and the request counted in the
+            # key's window only if the key is admitted (`rate_to_count`).
+            record, wait = await self._store.lookup(key_id, digest)
         except StoreUnavailable as error:
             log.error("key store unavailable (%s): refusing the call", error)
             raise AuthUnavailable(_UNAVAILABLE, retry_after=1.0) from None
-        if record is None or not digests_match(record.digest, digest_of(key)) or not record.active:
+        if record is None or not admits(record, digest):
             raise InvalidApiKey(_BAD_KEY)
         per_minute = record.limits.requests_per_minute
-        if per_minute is not None:
-            try:
-                wait = await self._store.take_request(key_id, per_minute)
-            except StoreUnavailable as error:
-                log.error("key store unavailable (%s): refusing the call", error)
-                raise AuthUnavailable(_UNAVAILABLE, retry_after=1.0) from None
-            if wait is not None:
-                raise KeyRateLimited(
-                    f"This API key's limit of {per_minute} requests per minute is reached.",
-                    metadata={"key_id": key_id, "limit": str(per_minute)},
-                    retry_after=wait,
-                )
+        if per_minute is not None and wait is not None:
+            raise KeyRateLimited(
+                f"This API key's limit of {per_minute} requests per minute is reached.",
+                metadata={"key_id": key_id, "limit": str(per_minute)},
+                retry_after=wait,
+            )
         return Caller(
             key_id=key_id,
             models=record.models,

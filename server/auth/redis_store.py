@@ -59,19 +59,39 @@ return 1
 """
 
 # Sliding-window log: returns -1 when counted, else ms until a slot frees.
-_TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return math.max(0, tonumber(oldest[2]) + window - now)
+_TAKE_FUNCTION = """
+local function take(rate, per_minute, window, token)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', rate, '-inf', now - window)
+  if redis.call('ZCARD', rate) >= per_minute then
+    local oldest = redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')
+    return math.max(0, tonumber(oldest[2]) + window - now)
+  end
+  redis.call('ZADD', rate, now, now .. ':' .. token)
+  redis.call('PEXPIRE', rate, window)
+  return -1
 end
-redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[3])
-redis.call('PEXPIRE', KEYS[1], window)
-return -1
 """
+_TAKE = _TAKE_FUNCTION + "return take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])"
+
+# One round trip per call: the key's fields, and the request taken in its
+# window when `store.rate_to_count` says so (known, active, the presented
+# digest matches, a limit set). Returns {fields, -1 or ms to wait}.
+_LOOKUP = (
+    _TAKE_FUNCTION
+    + """
+local fields = redis.call('HGETALL', KEYS[1])
+local record = {}
+for i = 1, #fields, 2 do record[fields[i]] = fields[i + 1] end
+local rpm = tonumber(record['rpm'] or '')
+local revoked = record['revoked']
+if rpm == nil or record['digest'] ~= ARGV[1] or (revoked ~= nil and revoked ~= '') then
+  return {fields, -1}
+end
+return {fields, take(KEYS[2], rpm, tonumber(ARGV[2]), ARGV[3])}
+"""
+)
 
 
 def connect(url: str, settings: Settings | None = None) -> aioredis.Redis:
@@ -111,6 +131,7 @@ class RedisKeyStore:
         self._add = client.register_script(_ADD)
         self._revoke = client.register_script(_REVOKE)
         self._take = client.register_script(_TAKE)
+        self._lookup = client.register_script(_LOOKUP)
 
     def _key(self, key_id: str) -> str:
         return f"{self._prefix}key:{key_id}"
@@ -142,6 +163,18 @@ class RedisKeyStore:
         fields: dict[Any, Any] = await guarded(self.client.hgetall(self._key(key_id)))
         return _record(key_id, fields) if fields else None
 
+    async def lookup(self, key_id: str, digest: str) -> tuple[KeyRecord | None, float | None]:
+        fields, wait_ms = await guarded(
+            self._lookup(
+                keys=[self._key(key_id), self._rate(key_id)],
+                args=[digest, WINDOW_MS, secrets.token_hex(4)],
+            )
+        )
+        record = (
+            _record(key_id, dict(zip(fields[::2], fields[1::2], strict=True))) if fields else None
+        )
+        return record, None if int(wait_ms) < 0 else int(wait_ms) / 1000
+
     async def list(self) -> list[KeyRecord]:
         ids: set[Any] = await guarded(self.client.smembers(f"{self._prefix}keys"))
         records = [await self.get(key_id) for key_id in sorted(ids)]
@@ -154,11 +187,14 @@ class RedisKeyStore:
     async def take_request(self, key_id: str, per_minute: int) -> float | None:
         wait_ms = await guarded(
             self._take(
-                keys=[f"{self._prefix}rate:{key_id}"],
+                keys=[self._rate(key_id)],
                 args=[per_minute, WINDOW_MS, secrets.token_hex(4)],
             )
         )
         return None if int(wait_ms) < 0 else int(wait_ms) / 1000
+
+    def _rate(self, key_id: str) -> str:
+        return f"{self._prefix}rate:{key_id}"
 
     def _usage_key(self, key_id: str, period: str) -> str:
         return f"{self._prefix}usage:{key_id}:{period}"

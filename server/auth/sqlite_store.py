@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from server.auth.keys import KeyRecord, Limits, Usage, from_units, to_units
-from server.auth.store import QuotaCheck, QuotaRefusal, StoreUnavailable, refusal
+from server.auth.store import QuotaCheck, QuotaRefusal, StoreUnavailable, rate_to_count, refusal
 
 T = TypeVar("T")
 WINDOW_S = 60.0
@@ -115,6 +115,11 @@ class SqliteKeyStore:
             return None if row is None else _record(row)
 
         return await self._run(work)
+
+    async def lookup(self, key_id: str, digest: str) -> tuple[KeyRecord | None, float | None]:
+        record = await self.get(key_id)
+        per_minute = rate_to_count(record, digest)
+        return record, None if per_minute is None else await self.take_request(key_id, per_minute)
 
     async def list(self) -> list[KeyRecord]:
         def work(db: sqlite3.Connection) -> list[KeyRecord]:

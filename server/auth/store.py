@@ -15,7 +15,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-from server.auth.keys import KeyRecord, Usage
+from server.auth.keys import KeyRecord, Usage, digests_match
 
 
 class StoreUnavailable(ConnectionError):
@@ -55,6 +55,23 @@ def refusal(check: QuotaCheck, *, day_images: int, month_units: int) -> QuotaRef
     return None
 
 
+def admits(record: KeyRecord | None, digest: str) -> bool:
+    """Whether a call presenting a key of `digest` is let in: a known,
+    active key whose digest matches (compared in constant time)."""
+    return record is not None and record.active and digests_match(record.digest, digest)
+
+
+def rate_to_count(record: KeyRecord | None, digest: str) -> int | None:
+    """The requests-per-minute limit a call presenting `digest` is counted
+    against: only an admitted key's, when it has one. A wrong secret for a
+    known (public) key id counts nothing, so it cannot use up the key's
+    window. (Redis's `_LOOKUP` script applies the same rule on the Redis
+    server.)"""
+    if record is None or not admits(record, digest):
+        return None
+    return record.limits.requests_per_minute
+
+
 class KeyStore(Protocol):
     async def add(self, record: KeyRecord) -> bool:
         """Store a new key; False if its key id is taken."""
@@ -66,6 +83,12 @@ class KeyStore(Protocol):
 
     async def revoke(self, key_id: str, at: int) -> bool:
         """Mark the key revoked at `at` (epoch seconds); False if there is no such key."""
+        ...
+
+    async def lookup(self, key_id: str, digest: str) -> tuple[KeyRecord | None, float | None]:
+        """The key's record, and for a call that `rate_to_count` counts, one
+        request taken in the key's window as by `take_request`: the wait
+        when it had no room, else None (also when nothing was counted)."""
         ...
 
     async def take_request(self, key_id: str, per_minute: int) -> float | None:

@@ -138,10 +138,34 @@ async def test_authenticator(store: KeyStore) -> None:
             await authenticate(header)
         assert key not in str(refused.value)
     # A record whose digest does not match the presented key (same id) is refused.
-    forged = KeyRecord(key_id=key_id_of("ck-" + "z" * 40), digest="0" * 64, name="x")
+    forged = KeyRecord(
+        key_id=key_id_of("ck-" + "z" * 40),
+        digest="0" * 64,
+        name="x",
+        limits=Limits(requests_per_minute=1),
+    )
     assert await store.add(forged)
-    with pytest.raises(InvalidApiKey):
-        await authenticate("Bearer ck-" + "z" * 40)
+    for _ in range(2):
+        with pytest.raises(InvalidApiKey):
+            await authenticate("Bearer ck-" + "z" * 40)
+    # ... and uses up nothing of the key's window.
+    assert await store.take_request(forged.key_id, 1) is None
+
+
+async def test_lookup_counts_only_admitted_keys(store: KeyStore) -> None:
+    key, record = await create_key(store, "t", limits=Limits(requests_per_minute=2))
+    assert await store.lookup(record.key_id, digest_of(key)) == (record, None)
+    # A wrong secret for the key's (public) id, and its revoked self, count nothing.
+    assert await store.lookup(record.key_id, "0" * 64) == (record, None)
+    assert await store.lookup("key_000000000000", digest_of(key)) == (None, None)
+    assert await store.take_request(record.key_id, 2) is None  # the second of two
+    found, wait = await store.lookup(record.key_id, digest_of(key))
+    assert found == record and wait is not None and 0 < wait <= 60
+    assert await store.revoke(record.key_id, 1)
+    revoked, wait = await store.lookup(record.key_id, digest_of(key))
+    assert revoked is not None and not revoked.active and wait is None
+    unlimited, _ = await create_key(store, "u")
+    assert (await store.lookup(key_id_of(unlimited), digest_of(unlimited)))[1] is None
 
 
 async def test_ledger_refuses_over_quota_with_retry_after(store: KeyStore) -> None:
