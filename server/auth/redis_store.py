@@ -41,9 +41,6 @@ T = TypeVar("T")
 WINDOW_MS = 60_000
 _DAY_TTL_S = 40 * 24 * 3600
 _MONTH_TTL_S = 400 * 24 * 3600
-# Every command waits at most this long for Redis's answer (or to connect)
-# before failing closed; the wait for a free connection comes before it.
-SOCKET_TIMEOUT_S = 2.0
 
 _ADD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -99,16 +96,17 @@ def connect(url: str, settings: Settings | None = None) -> aioredis.Redis:
     (the defaults without `settings`).
 
     A command waits up to `redis_pool_timeout_s` for a free connection, then
-    up to `SOCKET_TIMEOUT_S` for Redis; past either it fails
-    (`ConnectionError`, `TimeoutError`: `StoreUnavailable` through `guarded`).
+    up to `redis_timeout_s` to connect and for Redis's answer; past either it
+    fails (`ConnectionError`, `TimeoutError`: `StoreUnavailable` through
+    `guarded`).
     """
     pool_settings = settings or Settings.model_construct()
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=pool_settings.redis_max_connections,
         timeout=pool_settings.redis_pool_timeout_s,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        socket_timeout=pool_settings.redis_timeout_s,
+        socket_connect_timeout=pool_settings.redis_timeout_s,
         decode_responses=True,
     )
     return aioredis.Redis.from_pool(pool)

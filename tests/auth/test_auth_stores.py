@@ -237,6 +237,7 @@ def test_the_redis_pool_is_sized_by_the_settings() -> None:
         redis_url="redis://127.0.0.1:1/0",
         redis_max_connections=7,
         redis_pool_timeout_s=3.5,
+        redis_timeout_s=1.5,
         auth="keys",
     )
     access = build_access(settings)
@@ -244,3 +245,5 @@ def test_the_redis_pool_is_sized_by_the_settings() -> None:
     pool = access.store.client.connection_pool
     assert isinstance(pool, BlockingConnectionPool)
     assert (pool.max_connections, pool.timeout) == (7, 3.5)
+    connection = pool.connection_kwargs
+    assert (connection["socket_timeout"], connection["socket_connect_timeout"]) == (1.5, 1.5)

@@ -696,27 +696,19 @@ def test_the_redis_url_comes_from_an_existing_secret_in_the_server_only() -> Non
 
 
 def test_the_redis_connection_pool_comes_from_values() -> None:
+    names = [
+        f"IMAGE_SERVICE_REDIS_{name}" for name in ("MAX_CONNECTIONS", "POOL_TIMEOUT_S", "TIMEOUT_S")
+    ]
     data = config_data(render((FULL_VALUES,)))
-    assert (
-        data["IMAGE_SERVICE_REDIS_MAX_CONNECTIONS"],
-        data["IMAGE_SERVICE_REDIS_POOL_TIMEOUT_S"],
-    ) == (
-        "64",
-        "10",
-    )
+    assert [data[name] for name in names] == ["64", "10", "5"]
     sized = (
         "auth.redis.existingSecret=r",
         "auth.redis.maxConnections=16",
         "auth.redis.poolTimeoutSeconds=3",
+        "auth.redis.timeoutSeconds=1",
     )
     data = config_data(render(sets=sized))
-    assert (
-        data["IMAGE_SERVICE_REDIS_MAX_CONNECTIONS"],
-        data["IMAGE_SERVICE_REDIS_POOL_TIMEOUT_S"],
-    ) == (
-        "16",
-        "3",
-    )
+    assert [data[name] for name in names] == ["16", "3", "1"]
     assert "IMAGE_SERVICE_REDIS_MAX_CONNECTIONS" not in config_data(render())
 
 

@@ -105,6 +105,7 @@ the two never collide and the ConfigMap never holds a secret.
 {{- else }}
 {{- $_ := set $data "IMAGE_SERVICE_REDIS_MAX_CONNECTIONS" .Values.auth.redis.maxConnections }}
 {{- $_ := set $data "IMAGE_SERVICE_REDIS_POOL_TIMEOUT_S" .Values.auth.redis.poolTimeoutSeconds }}
+{{- $_ := set $data "IMAGE_SERVICE_REDIS_TIMEOUT_S" .Values.auth.redis.timeoutSeconds }}
 {{- end }}
 {{- if eq .Values.storage.type "local" }}
 {{- $_ := set $data "IMAGE_SERVICE_LOCAL_STORAGE_DIR" .Values.storage.local.dir }}
