@@ -43,6 +43,8 @@ from server.rest.drain import ShuttingDown
 from server.rest.errors import INTERNAL, SERVER, RestError, from_rpc_error
 from server.rest.responses import (
     BodyBuilder,
+    Chunk,
+    body_pieces,
     dumps,
     write_image_fields,
     write_images,
@@ -72,7 +74,7 @@ StreamCall = grpc.aio.UnaryStreamCall[Any, Any]
 
 def image_event(
     name: str, image: pb.Image, *, b64: bool, data: ImageBytes | None = None
-) -> list[bytes]:
+) -> list[Chunk]:
     """One image event's bytes (see module doc); `data` is the image's bytes
     when they are not in `image` (`server.rest.wire`)."""
     out = BodyBuilder()
@@ -89,7 +91,7 @@ def image_event(
     return out.chunks()
 
 
-def record_event(generation: pb.Generation) -> list[bytes]:
+def record_event(generation: pb.Generation) -> list[Chunk]:
     """The `[DONE]` sentinel, then the final `x_chuizi.generation` event's bytes."""
     out = BodyBuilder()
     out.text(DONE)
@@ -206,8 +208,8 @@ class EventStreamResponse(Response):
                 chunks = record_event(event.generation)
             else:
                 chunks = []
-            for chunk in chunks:
-                await _send(send, chunk)
+            for piece in body_pieces(chunks):
+                await _send(send, piece)
             self._pending = asyncio.ensure_future(self._call.read())
 
 

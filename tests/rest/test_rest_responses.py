@@ -52,7 +52,8 @@ def test_x_chuizi_says_a_routed_call_was_routed_and_an_unknown_cost_is_null() ->
     assert [(i["index"], i["seed"]) for i in block["images"]] == [(0, None), (1, 8)]
 
 
-def test_b64_json_items_are_the_bytes_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def _count_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The length of each input base64-encoded from now on."""
     calls: list[int] = []
     real = base64.b64encode
 
@@ -61,6 +62,12 @@ def test_b64_json_items_are_the_bytes_encoded_once(monkeypatch: pytest.MonkeyPat
         return real(data)
 
     monkeypatch.setattr(responses.pybase64, "b64encode", counting)
+    return calls
+
+
+def test_b64_json_items_are_the_bytes_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_encodes(monkeypatch)
+    real = base64.b64encode
     generation = sample_generation(3, inline=True)
     chunks = responses.generation_chunks(generation, b64=True)
     body = json.loads(b"".join(chunks))
@@ -196,3 +203,25 @@ def test_record_event_carries_urls_only() -> None:
     assert data["type"] == "x_chuizi.generation"
     assert [set(item) for item in data["data"]] == [{"url"}, {"url"}]
     assert data["x_chuizi"]["generation_id"] == "gen-0123456789abcdef"
+
+
+def test_a_large_image_is_encoded_piece_by_piece_as_it_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = _count_encodes(monkeypatch)
+    real = base64.b64encode
+    large = bytes(range(256)) * (responses.B64_PIECE * 5 // 2 // 256) + b"odd"
+    generation = sample_generation(2, inline=True)
+    generation.images[1].data = large
+    chunks = responses.generation_chunks(generation, b64=True)
+    assert calls == [len(FAKE_IMAGE)]  # the small image at once, the large one not yet
+    blobs = [c for c in chunks if isinstance(c, responses.Base64Blob)]
+    assert len(blobs) == 1 and len(blobs[0]) == len(real(large))
+    body = b"".join(responses.body_pieces(chunks))
+    # Each byte encoded once, in pieces of whole 3-byte groups but the last.
+    assert calls[1:] == [responses.B64_PIECE, responses.B64_PIECE, len(large) % responses.B64_PIECE]
+    assert json.loads(body)["data"] == [
+        {"b64_json": real(FAKE_IMAGE).decode()},
+        {"b64_json": real(large).decode()},
+    ]
+    assert len(body) == sum(len(c) for c in chunks)  # what Content-Length says

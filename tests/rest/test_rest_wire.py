@@ -18,11 +18,12 @@ import pytest
 from chuizi.image.v1 import image_service_pb2 as pb
 from google.protobuf.message import DecodeError
 
-from server.rest import wire
+from server.rest import responses, wire
 from server.settings import Settings
 from tests.rest.conftest import sample_generation, sample_image, sidecar_for
 
-BIG = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit, not a multiple of 3
+# Over one base64 piece (responses.B64_PIECE), and not a multiple of 3.
+BIG = bytes(range(256)) * 4096 + b"tail"
 SMALL = b"\x89PNG small"
 
 
@@ -228,6 +229,7 @@ async def _sidecar_over(unary: bytes, stream: list[bytes]) -> tuple[grpc.aio.Ser
 async def test_b64_json_over_sockets_from_out_of_order_wire_bytes(
     rest_settings: Settings,
 ) -> None:
+    assert len(BIG) > responses.B64_PIECE and len(BIG) % 3
     unary = _generation_out_of_order(
         _image_out_of_order(1, SMALL),
         _image_out_of_order(0, BIG),
