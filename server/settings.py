@@ -126,9 +126,11 @@ class Settings(BaseSettings):
     # replica. A secret: it may carry the password.
     redis_url: SecretStr | None = None
     # This process's connections to Redis (keys, counters, leases and provider
-    # limits share them). Commands past them wait for a free one, up to
-    # redis_pool_timeout_s, then fail like an unreachable Redis (UNAVAILABLE).
-    redis_max_connections: int = Field(default=64, ge=1, le=10_000)
+    # limits share them), opened as needed. Commands past them wait for a free
+    # one, up to redis_pool_timeout_s, then fail like an unreachable Redis
+    # (UNAVAILABLE). A connection is held until the event loop reads the
+    # answer, so a burst on a busy loop needs hundreds (docs/auth.md).
+    redis_max_connections: int = Field(default=512, ge=1, le=10_000)
     redis_pool_timeout_s: float = Field(default=10.0, gt=0)
     # How long one command waits to connect and for Redis's answer before the
     # call fails closed. Measured from this process's event loop, so it also

@@ -700,7 +700,7 @@ def test_the_redis_connection_pool_comes_from_values() -> None:
         f"IMAGE_SERVICE_REDIS_{name}" for name in ("MAX_CONNECTIONS", "POOL_TIMEOUT_S", "TIMEOUT_S")
     ]
     data = config_data(render((FULL_VALUES,)))
-    assert [data[name] for name in names] == ["64", "10", "5"]
+    assert [data[name] for name in names] == ["512", "10", "5"]
     sized = (
         "auth.redis.existingSecret=r",
         "auth.redis.maxConnections=16",
