@@ -209,7 +209,7 @@ async def test_cancelling_the_stream_stops_the_generation(stack: Stack) -> None:
     started = time.monotonic()
     call.cancel()
     assert await call.code() == grpc.StatusCode.CANCELLED
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 10  # not the slow calls' 30 s
     # boto3 cannot abort a request on the wire (see the backend's docstring):
     # the three slow calls stay open upstream, but nothing new is sent.
     await asyncio.sleep(0.3)

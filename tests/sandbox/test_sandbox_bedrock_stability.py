@@ -340,7 +340,7 @@ async def test_timeout_hangs_until_the_client_gives_up(
     started = time.monotonic()
     with pytest.raises(Exception, match="Read timeout"):
         await invoke(client, CORE, {"prompt": "x"})
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # the read timeout ended it, not the hang
     client.close()
     stats = await faults.wait_for(lambda s: s.in_flight == 0)
     assert (stats.cancelled, stats.completed) == (1, 0)

@@ -174,7 +174,7 @@ async def test_stop_releases_hanging_requests() -> None:
     sandbox = SandboxServer()
     await sandbox.start()
     sandbox.azure_flux.faults.push(FaultMode.TIMEOUT)
-    async with httpx.AsyncClient(base_url=sandbox.base_url, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=sandbox.base_url, timeout=30) as client:
         request = asyncio.create_task(
             client.post(
                 "/providers/blackforestlabs/v1/flux-2-pro",
@@ -188,7 +188,7 @@ async def test_stop_releases_hanging_requests() -> None:
         await sandbox.stop()
         response = await request
     assert response.status_code == 503
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # answered at the stop, not when the hold ends
 
 
 async def test_restart_after_stop() -> None:
