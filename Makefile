@@ -96,9 +96,15 @@ fmt: install ## Format and fix what ruff can
 test-deps: ## System packages the tests run for real (redis-server, from Debian)
 	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
 
+# Four pytest-xdist workers, on any number of cores: most tests wait on
+# sockets, subprocesses and deadlines rather than compute, so on 2 cores four
+# workers finished a loaded run in 8.2 min against 10.0 min for two (and
+# about 12 for one). Each worker has its own session sandbox and event loop.
+PYTEST_WORKERS ?= 4
+
 .PHONY: test
 test: install tools test-deps lint typecheck ## Lint, types, proto drift and every test but the image's
-	$(BIN)/pytest -q --ignore=tests/image
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --ignore=tests/image
 
 .PHONY: run
 run: install-runtime ## Start the service, sandbox emulators and local media with no credentials

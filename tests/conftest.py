@@ -26,6 +26,11 @@ that start, stop or break a sandbox build their own.
 Every async test and fixture runs on one session-wide event loop
 (pyproject's `asyncio_default_*_loop_scope`): the sandbox's server tasks live
 on it.
+
+Workers. `make test` runs the suite in pytest-xdist worker processes; a
+"session" is one worker's, so each worker has its own sandbox, event loop and
+scrubbed environment, and nothing here is shared between workers (every
+server a test starts listens on port 0, every file goes under `tmp_path`).
 """
 
 from __future__ import annotations

@@ -146,6 +146,17 @@ def test_grace_must_be_a_non_negative_number(grace: str) -> None:
         Settings(rest_shutdown_grace_s=grace)
 
 
+async def _until_active_requests(base_url: str, method: str, count: int) -> None:
+    """Wait until the sidecar's `/metrics` counts `count` `method` requests in progress."""
+    line = f'http_server_active_requests{{http_request_method="{method}"}} {float(count)}'
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        for _ in range(600):
+            if line in (await http.get("/metrics")).text:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"the sidecar never had {count} {method} request(s) in progress")
+
+
 async def test_an_upload_still_arriving_when_the_grace_ends_gets_the_503_too() -> None:
     # A request whose body is still arriving waits on its client, not on the
     # service, so nothing told it to stop: uvicorn cut it off with a plain 500.
@@ -163,6 +174,10 @@ async def test_an_upload_still_arriving_when_the_grace_ends_gets_the_503_too() -
             )
             writer.write(head.encode())
             await writer.drain()
+            # SIGTERM only once the sidecar has the request: sent earlier, on
+            # a busy machine the connection could still be in the listen
+            # backlog when the listener closed, and was reset instead.
+            await _until_active_requests(rest.base_url, "POST", 1)
             rest.process.send_signal(signal.SIGTERM)
             answer = await asyncio.wait_for(reader.read(), 60)
         finally:
