@@ -43,7 +43,11 @@ def _returning(handler: Any) -> Callable[[grpc.HandlerCallDetails], Awaitable[An
 
 
 @pytest.mark.parametrize(
-    "make", [RejectUndecodable, InFlight, lambda: ObservingInterceptor(None)], ids=str
+    "make",
+    [RejectUndecodable, InFlight, lambda: ObservingInterceptor(None)],
+    # Fixed ids: pytest-xdist workers must collect the same names (str() of a
+    # lambda holds its address, which differs per process).
+    ids=["RejectUndecodable", "InFlight", "ObservingInterceptor"],
 )
 async def test_same_handler_beneath_is_wrapped_once(make: Callable[[], Any]) -> None:
     interceptor = make()
