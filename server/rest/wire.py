@@ -29,12 +29,19 @@ ImageBytes = bytes | memoryview
 M = TypeVar("M", pb.Generation, pb.StreamGenerateResponse, pb.StreamEditResponse)
 S = TypeVar("S", pb.StreamGenerateResponse, pb.StreamEditResponse)
 
-# Field numbers in image_service.proto.
-_GENERATION_IMAGES = 8
-_STREAM_IMAGE = 1
-_STREAM_GENERATION = 2
-_IMAGE_DATA = 3
-_LENGTH_DELIMITED = 2
+
+def _number(message: type, field: str) -> int:
+    number: int = message.DESCRIPTOR.fields_by_name[field].number  # type: ignore[attr-defined]
+    return number
+
+
+# Field numbers, read from the generated descriptors so that a renumbered
+# proto cannot leave this module cutting the wrong fields.
+_GENERATION_IMAGES = _number(pb.Generation, "images")
+_STREAM_IMAGE = _number(pb.StreamGenerateResponse, "image")
+_STREAM_GENERATION = _number(pb.StreamGenerateResponse, "generation")
+_IMAGE_DATA = _number(pb.Image, "data")
+_LENGTH_DELIMITED = 2  # the wire type of bytes and embedded messages
 
 
 @dataclass(frozen=True, slots=True)

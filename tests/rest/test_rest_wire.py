@@ -281,3 +281,13 @@ async def test_b64_json_over_sockets_from_out_of_order_wire_bytes(
     ]
     assert events[0]["b64_json"] == base64.b64encode(BIG).decode()
     assert events[1]["b64_json"] == base64.b64encode(SMALL).decode()
+
+
+def test_both_stream_events_number_their_fields_alike() -> None:
+    # One pair of numbers cuts StreamGenerate's and StreamEdit's events.
+    for event in (pb.StreamGenerateResponse, pb.StreamEditResponse):
+        fields = event.DESCRIPTOR.fields_by_name
+        assert (fields["image"].number, fields["generation"].number) == (
+            wire._STREAM_IMAGE,
+            wire._STREAM_GENERATION,
+        )
