@@ -22,7 +22,7 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import grpc
 from chuizi.image.v1 import image_service_pb2 as pb
@@ -35,7 +35,7 @@ from server.observability.request_context import (
     request_id_or_new,
     serving,
 )
-from server.rpc.handlers import HandlerCache
+from server.rpc.handlers import WrappingInterceptor
 
 _IMAGE_SERVICE = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
 _GENERATING = frozenset({"Generate", "Edit", "StreamGenerate", "StreamEdit"})
@@ -160,36 +160,14 @@ class _Call:
             )
 
 
-if TYPE_CHECKING:  # generic only in grpc-stubs
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-
-
-class ObservingInterceptor(_ServerInterceptor):
+class ObservingInterceptor(WrappingInterceptor):
     """See the module doc; `metrics` None logs and tags without counting."""
 
     def __init__(self, metrics: ServiceMetrics | None) -> None:
+        super().__init__()
         self._metrics = metrics
-        self._handlers = HandlerCache()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        full_method = handler_call_details.method
-        wrapped: grpc.RpcMethodHandler[Any, Any] = self._handlers.get(
-            full_method, handler, lambda: self._wrap(handler, full_method)
-        )
-        return wrapped
-
-    def _wrap(
+    def wrap(
         self, handler: grpc.RpcMethodHandler[Any, Any], full_method: str
     ) -> grpc.RpcMethodHandler[Any, Any]:
         service, _, method = full_method.lstrip("/").rpartition("/")
