@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 async def run_rest(args: argparse.Namespace) -> int:
     """Serve the sidecar until SIGTERM/SIGINT; returns the exit code."""
+    from server.allocator import keep_freed_buffers
     from server.asgi import AsgiServer
     from server.observability.logs import configure_logging
     from server.observability.tracing import setup_tracing, shutdown_tracing
@@ -59,6 +60,7 @@ async def run_rest(args: argparse.Namespace) -> int:
             overrides[field] = value
     settings = Settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
+    keep_freed_buffers()
     setup_tracing("image-service-rest")  # if OTEL_* asks for it; before the channel
     channel = open_channel(settings)
     drain = Drain()

@@ -12,6 +12,8 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from server.allocator import keep_freed_buffers
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `serve`, `sandbox` and `dev` commands."""
@@ -84,6 +86,7 @@ async def _serve(args: argparse.Namespace) -> int:
         overrides["grpc_port"] = args.port
     settings = Settings(**overrides)
     _configure_logging(settings.log_level, settings.log_format, traced_as="image-service")
+    keep_freed_buffers()
     service = await create_grpc_service(settings)
     await service.start()
     print(
@@ -120,6 +123,7 @@ async def _dev(args: argparse.Namespace) -> int:
 
     base = Settings()
     _configure_logging(base.log_level, base.log_format, traced_as="image-service")
+    keep_freed_buffers()
     sandbox = SandboxServer("127.0.0.1", args.sandbox_port)
     await sandbox.start()
     http_app = Starlette(routes=[media_mount(base.local_storage_dir)])

@@ -16,7 +16,9 @@ Spans and propagation (W3C `traceparent`, the SDK default), hop by hop:
 the sidecar's ASGI server span accepts a caller's `traceparent`; its gRPC
 client span injects it into the call metadata; the gRPC server span
 extracts it; the backends' upstream calls are client spans that carry it
-on: aiohttp under httpx (FLUX, MAI, Wan), the grpc.aio channel of Vertex,
+on: the backends' httpx clients (FLUX, MAI, Wan; wrapped by
+`server.providers._shared.http.new_client` once this module has installed
+a provider), the grpc.aio channel of Vertex,
 botocore for Bedrock and R2 (which sends AWS's own `X-Amzn-Trace-Id`).
 """
 
@@ -61,7 +63,6 @@ def setup_tracing(default_service_name: str, environ: Mapping[str, str] = os.env
         return _provider is not None
     # Imported here: with tracing off none of this is loaded.
     from opentelemetry import trace
-    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -84,7 +85,6 @@ def setup_tracing(default_service_name: str, environ: Mapping[str, str] = os.env
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     # Only the hops: no request/response bodies or headers are recorded.
-    AioHttpClientInstrumentor().instrument(tracer_provider=provider)
     BotocoreInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
     GrpcAioInstrumentorClient().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
     _provider = provider

@@ -90,6 +90,15 @@ class _WholeBody(httpx.AsyncByteStream):
             self._response.close()  # unread bytes: the connection cannot be reused
 
 
+def environment_proxy(url: httpx.URL) -> str | None:
+    """The proxy the environment names for `url` (HTTP(S)_PROXY, ALL_PROXY,
+    NO_PROXY), as httpx's own transport honours them; None for none."""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    bypass = proxy and urllib.request.proxy_bypass(url.host)
+    return None if not proxy or bypass else proxy
+
+
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
     """httpx's default context (certifi's CAs), so verification does not change
@@ -179,14 +188,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
 
     def _proxy_for(self, url: httpx.URL) -> str | None:
-        """The proxy the environment names for `url` (HTTP(S)_PROXY, ALL_PROXY,
-        NO_PROXY), as httpx's own transport honours them; read once per host."""
+        """`environment_proxy(url)`, read once per host."""
         key = (url.scheme, url.host)
         if key not in self._proxies:
-            proxies = urllib.request.getproxies()
-            proxy = proxies.get(url.scheme) or proxies.get("all")
-            bypass = proxy and urllib.request.proxy_bypass(url.host)
-            self._proxies[key] = None if not proxy or bypass else proxy
+            self._proxies[key] = environment_proxy(url)
         return self._proxies[key]
 
     async def aclose(self) -> None:

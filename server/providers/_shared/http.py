@@ -45,7 +45,7 @@ from server.domain.errors import (
     UpstreamUnavailable,
 )
 from server.domain.retry import RetryPolicy
-from server.providers._shared.aiohttp_transport import AiohttpTransport
+from server.providers._shared.http1 import Http1Transport
 from server.providers._shared.owned import Owned
 from server.providers._shared.upstream import (
     CONNECT_TIMEOUT_S,
@@ -94,7 +94,7 @@ def new_client(
 
     `send_with_retry` overrides the timeout per attempt; the client's own
     is the ceiling for anything sent directly. Bytes move through
-    `AiohttpTransport` unless a test passes its own `transport`. No cap on
+    `Http1Transport` unless a test passes its own `transport`. No cap on
     connections by default: how many calls run at once is
     `limits.LimitedBackend`'s job (`IMAGE_SERVICE_<BACKEND>_MAX_CONCURRENCY`,
     unset is no limit), and a pool cap would be a second, hidden limit that
@@ -105,10 +105,33 @@ def new_client(
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)),
         headers={"User-Agent": user_agent},
-        transport=transport
-        or AiohttpTransport(max_connections=max_connections, keepalive_expiry_s=KEEPALIVE_EXPIRY_S),
+        transport=_traced(
+            transport
+            or Http1Transport(
+                max_connections=max_connections, keepalive_expiry_s=KEEPALIVE_EXPIRY_S
+            )
+        ),
         follow_redirects=False,
     )
+
+
+def _traced(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+    """`transport` inside OpenTelemetry's httpx instrumentation (a client span
+    per upstream call, `traceparent` sent on) when this process has a tracer
+    provider, else unchanged, so that with tracing off no span code runs.
+
+    `server.observability.tracing` installs the provider before any backend
+    is built. The plumbing asks the OpenTelemetry API (the part made for
+    libraries to call) rather than importing the service's tracing module.
+    """
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider):
+        return transport
+    from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
+
+    return AsyncOpenTelemetryTransport(transport, tracer_provider=provider)
 
 
 def owned_client(
