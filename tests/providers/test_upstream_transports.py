@@ -456,3 +456,26 @@ async def test_a_malformed_chunk_is_a_protocol_error(client: httpx.AsyncClient) 
     async with raw_server(bad_chunk) as server:
         with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
             await client.get(server.url, timeout=httpx.Timeout(5, read=1))
+
+
+async def test_a_smaller_answer_after_a_larger_one_carries_nothing_of_it(
+    client: httpx.AsyncClient,
+) -> None:
+    # Http1Transport keeps large body buffers for reuse: the second, smaller
+    # body lands in the first one's buffer and must come back exactly.
+    sizes = iter([3 << 20, 2 << 20, (2 << 20) + 1])
+
+    async def sized(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        size = next(sizes)
+        writer.write(answer(bytes([size % 251]) * size))
+        await writer.drain()
+
+    async with raw_server(sized) as server:
+        bodies = [(await client.get(server.url)).content for _ in range(3)]
+
+    assert [len(b) for b in bodies] == [3 << 20, 2 << 20, (2 << 20) + 1]
+    assert [set(b) for b in bodies] == [
+        {(3 << 20) % 251},
+        {(2 << 20) % 251},
+        {((2 << 20) + 1) % 251},
+    ]

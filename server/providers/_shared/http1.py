@@ -62,6 +62,10 @@ _PIECE_BYTES = 256 * 1024
 # rather than allocated.
 _MAX_BODY_BYTES = 512 * 1024 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+# Body buffers of a Content-Length from 1 MiB to 32 MiB are reused (8 kept).
+_MIN_KEPT_BYTES = 1024 * 1024
+_MAX_KEPT_BYTES = 32 * 1024 * 1024
+_KEPT_BUFFERS = 8
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -176,11 +180,39 @@ class _Response:
         return lengths
 
 
+class _BodyBuffers:
+    """Large body buffers kept for the next answers of the same transport.
+
+    A fresh multi-megabyte `bytearray` is zeroed byte by byte before the
+    socket fills it; a kept one is not. At most `_KEPT_BUFFERS` are kept,
+    each at most `_MAX_KEPT_BYTES`; smaller bodies use fresh buffers.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        if size >= _MIN_KEPT_BYTES:
+            fitting = [b for b in self._free if len(b) >= size]
+            if fitting:
+                chosen = min(fitting, key=len)
+                self._free.remove(chosen)
+                return chosen
+        return bytearray(size)
+
+    def give(self, buffer: bytearray) -> None:
+        if _MIN_KEPT_BYTES <= len(buffer) <= _MAX_KEPT_BYTES:
+            if len(self._free) >= _KEPT_BUFFERS:
+                self._free.remove(min(self._free, key=len))  # keep the larger ones
+            self._free.append(buffer)
+
+
 class _Connection(asyncio.BufferedProtocol):
     """One HTTP/1.1 connection, serving one request at a time."""
 
-    def __init__(self, key: tuple[str, str, int]) -> None:
+    def __init__(self, key: tuple[str, str, int], buffers: _BodyBuffers) -> None:
         self.key = key
+        self._buffers = buffers
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
         self._loop = asyncio.get_running_loop()
@@ -198,7 +230,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._chunked: _ChunkedDecoder | None = None
         self._piece: bytearray | None = None
         self._head_ready: asyncio.Future[_Response] | None = None
-        self._body_ready: asyncio.Future[bytearray] | None = None
+        self._body_ready: asyncio.Future[memoryview] | None = None
         self._read_timeout: float | None = None
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -293,9 +325,16 @@ class _Connection(asyncio.BufferedProtocol):
         assert self._head_ready is not None
         return await self._head_ready
 
-    async def body(self) -> bytearray:
+    async def body(self) -> memoryview:
+        """The whole body, a view of a buffer `recycle` takes back."""
         assert self._body_ready is not None
         return await self._body_ready
+
+    def recycle(self) -> None:
+        """The body has been copied out: its buffer may serve another answer."""
+        if self._body is not None and self._response is not None and self._response.length:
+            self._buffers.give(self._body)
+        self._body = None
 
     def release(self) -> bool:
         """After a complete answer: True if the connection can serve another."""
@@ -345,8 +384,8 @@ class _Connection(asyncio.BufferedProtocol):
             if len(rest) > response.length:
                 response.keep_alive = False  # bytes past the body: never reuse
                 rest = rest[: response.length]
-            self._body = bytearray(response.length)
-            self._body_view = memoryview(self._body)
+            self._body = self._buffers.take(response.length)
+            self._body_view = memoryview(self._body)[: response.length]
             self._body_view[: len(rest)] = rest
             self._filled = len(rest)
             if self._filled >= response.length:
@@ -381,7 +420,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._body_view = None
         assert self._body_ready is not None
         if not self._body_ready.done():
-            self._body_ready.set_result(self._body)
+            length = response.length if response.length is not None else len(self._body)
+            self._body_ready.set_result(memoryview(self._body)[:length])
 
     def _fail(self, exc: httpx.TransportError) -> None:
         self._cancel_timer()
@@ -424,11 +464,14 @@ class _WholeBody(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         body = await self._connection.body()
+        # httpx joins what a stream yields into `Response.content`; one
+        # `bytes` chunk is used as it is, so this is the only copy.
+        data = bytes(body)
+        body.release()
+        self._connection.recycle()
         self._complete = True
-        if body:
-            # httpx joins what a stream yields into `Response.content`; one
-            # `bytes` chunk is used as it is, so this is the only copy.
-            yield bytes(body)
+        if data:
+            yield data
 
     async def aclose(self) -> None:
         if self._complete:
@@ -456,6 +499,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         self._slots = asyncio.Semaphore(max_connections) if max_connections else None
         self._max_connections = max_connections
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._buffers = _BodyBuffers()
         self._open: set[_Connection] = set()
         self._proxied: AiohttpTransport | None = None
         self._proxies: dict[tuple[str, str], str | None] = {}
@@ -502,7 +546,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 return connection
             connection.close()
             self._open.discard(connection)
-        connection = _Connection(key)
+        connection = _Connection(key, self._buffers)
         loop = asyncio.get_running_loop()
         tls = url.scheme == "https"
         try:
