@@ -31,6 +31,15 @@ from benchmarks.processes import Stack
 from benchmarks.run import CONFIGS, TRACED_CONFIGS, Service
 
 
+def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that name one cell of the grid: path, latency, PNG size, n, c."""
+    parser.add_argument("path", choices=["grpc-url", "grpc-inline", "rest-url", "rest-b64"])
+    parser.add_argument("--latency", type=int, default=0, help="upstream latency, ms")
+    parser.add_argument("--noise", default="3mb", help="PNG size, e.g. 1mb")
+    parser.add_argument("-n", type=int, default=1)
+    parser.add_argument("-c", type=int, default=8, help="concurrency")
+
+
 def summarise(collapsed: Path, top: int) -> str:
     """The `top` frames by self and by inclusive samples in a collapsed-stack file."""
     own: Counter[str] = Counter()
@@ -118,11 +127,7 @@ async def profile(args: argparse.Namespace, workdir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
-    parser.add_argument("path", choices=["grpc-url", "grpc-inline", "rest-url", "rest-b64"])
-    parser.add_argument("--latency", type=int, default=0, help="upstream latency, ms")
-    parser.add_argument("--noise", default="3mb", help="PNG size, e.g. 1mb")
-    parser.add_argument("-n", type=int, default=1)
-    parser.add_argument("-c", type=int, default=8, help="concurrency")
+    add_cell_arguments(parser)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="bare")
     parser.add_argument("--top", type=int, default=25)

@@ -6,9 +6,8 @@ base64. glibc serves an allocation above its mmap threshold (128 KiB at
 start, raised as such blocks are freed) with a fresh `mmap`, and hands the
 top of its heap back to the kernel once more than twice that is free. So
 under steady load each of those buffers is new memory, faulted in and
-zeroed by the kernel a page at a time: about 1,000 page faults per 3 MiB
-image in the server, a quarter of its CPU per request in `make bench`
-(BENCHMARKS.md, fix 16).
+zeroed by the kernel a page at a time: 300-1,200 page faults per 3 MiB
+image in the server under the benchmark's load (BENCHMARKS.md, fix 17).
 
 `keep_freed_buffers` raises the mmap threshold to glibc's 64-bit maximum
 (32 MiB) and the trim threshold to 64 MiB, so a freed image buffer stays in

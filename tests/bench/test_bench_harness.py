@@ -145,3 +145,37 @@ def test_peer_stage_runs_with_the_service_alone(tmp_path: Path) -> None:
     assert int(cells[11]) == 8  # four requests in each of the two repetitions
     assert cells[12] == "0"  # errors
     assert "| 0 | 1 | direct → emulator |" in text
+
+
+@pytest.mark.parametrize("transport", ["http1", "aiohttp", "httpx"])
+def test_the_transport_read_benchmark_reads_through_each_transport(transport: str) -> None:
+    completed = run_module(
+        "benchmarks.transport_read",
+        "--transport",
+        transport,
+        "--body-bytes",
+        "300000",
+        "-c",
+        "2",
+        "--requests",
+        "3",
+        "--tuned-allocator",
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    # One line: the transport, a CPU figure and the count it was divided by.
+    assert completed.stdout.startswith(f"{transport} (tuned allocator): ")
+    assert " ms CPU per 300,026-byte answer, c=2, 6 answers in " in completed.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+def test_the_cell_tool_splits_each_process_cost() -> None:
+    completed = run_module(
+        "benchmarks.cell", "grpc-url", "--noise", "1mb", "-c", "2", "--seconds", "1"
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    head, server, sidecar = completed.stdout.strip().splitlines()
+    assert head.startswith("grpc-url 1mb n=1 c=2 0 ms [bare]: ") and "errors {}" in head
+    for line, name in ((server, "server"), (sidecar, "sidecar")):
+        assert line.strip().startswith(f"{name}: ")
+        assert "ms CPU per request (user " in line and "minor faults per request" in line

@@ -2,21 +2,21 @@
 
 The backends speak httpx; this transport only changes who reads the socket.
 Upstream answers are large (a FLUX or MAI image is a 4 MB JSON body) and
-the service does little else with them, so reading them is most of its CPU.
-aiohttp reads a 4.2 MB body for 5-6 ms of CPU at c=32 on the benchmark
-machine: each socket read lands in a fresh 256 KiB `bytes` (page faults),
-its C parser copies every piece again, and `read()` joins the pieces into
-a third buffer. This transport is an `asyncio.BufferedProtocol`: the
-kernel copies the body straight into one buffer sized from
-`Content-Length`, and the only other copy is the `bytes` httpx hands to the
-backend (about 1.2 ms for the same body, `benchmarks/transport_read.py`).
+the service does little else with them, so reading them is a large part of
+its CPU. aiohttp reads each answer in fresh 256 KiB `bytes` from the
+socket, its C parser copies every piece again, and `read()` joins the
+pieces into a third buffer. This transport is an `asyncio.BufferedProtocol`:
+the kernel copies the body straight into one buffer sized from
+`Content-Length` (kept for the next large answer), and the only other copy
+is the `bytes` httpx hands to the backend. Client CPU per 4.2 MB answer at
+c=32 (`python -m benchmarks.transport_read`, BENCHMARKS.md fix 16): 2.1-2.4
+ms, against 3.6-4.4 ms over aiohttp and 11 ms over httpx's own transport.
 
 Scope, kept small on purpose: HTTP/1.1 (and 1.0 answers), plain TCP or TLS,
 one request per connection at a time, bodies framed by `Content-Length`,
 `chunked` or the connection's end. A URL the environment routes through a
 proxy (HTTP(S)_PROXY, ALL_PROXY, minus NO_PROXY, as httpx's own transport
-reads them) goes to `AiohttpTransport` instead, which speaks proxies; so do
-the rare calls a proxy sits in front of, and only those.
+reads them) goes to `AiohttpTransport` instead, which speaks proxies.
 
 What the transport guarantees, as `AiohttpTransport` does (the same tests
 run against both, `tests/providers/test_upstream_transports.py`):
