@@ -120,8 +120,11 @@ async def test_upstream_timeout_is_deadline_exceeded(
     sandbox: SandboxServer, tmp_path: pathlib.Path
 ) -> None:
     sandbox.vertex_imagen.faults.push(FaultMode.TIMEOUT)
+    # The attempt timeout must outlast a fresh SDK client's first request on
+    # a loaded machine (0.3 s did not: the call timed out before it was sent),
+    # and still end far inside the 30 s deadline.
     async with running_stack(
-        sandbox, tmp_path, vertex_timeout_s=0.3, retired_models=PINNED
+        sandbox, tmp_path, vertex_timeout_s=1.5, retired_models=PINNED
     ) as stack:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stack.stub.Generate(
