@@ -19,33 +19,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.clients import prompt
 from benchmarks.load import closed_loop
 from benchmarks.processes import Stack
-from benchmarks.procstat import peak_rss_mib, reset_peak
+from benchmarks.procstat import cpu_split, peak_rss_mib, reset_peak
 from benchmarks.profile import add_cell_arguments
 from benchmarks.run import CONFIGS, TRACED_CONFIGS, Service
-
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class _Counters:
-    user_s: float
-    system_s: float
-    minor_faults: int
-
-
-def _counters(pid: int) -> _Counters:
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rsplit(")", 1)[1].split()
-    # After the command name: minflt is field 10, utime 14, stime 15 (proc(5)).
-    return _Counters(int(fields[11]) / _TICKS_PER_S, int(fields[12]) / _TICKS_PER_S, int(fields[7]))
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> str:
@@ -67,7 +49,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> str:
             pids = stack.service_pids()
             for pid in pids:
                 reset_peak(pid)
-            before = [_counters(pid) for pid in pids]
+            before = [cpu_split(pid) for pid in pids]
             result = await closed_loop(
                 call,
                 concurrency=args.c,
@@ -75,7 +57,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> str:
                 max_requests=1_000_000,
                 warmup=False,
             )
-            after = [_counters(pid) for pid in pids]
+            after = [cpu_split(pid) for pid in pids]
             peaks = [peak_rss_mib(pid) for pid in pids]
         finally:
             await service.close()

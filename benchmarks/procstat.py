@@ -41,11 +41,32 @@ def _thread_runtime(pid: int, tid: int) -> float | None:
     return None
 
 
-def cpu_snapshot(pid: int) -> CpuSnapshot:
-    """The CPU time `pid` (all its threads) has used so far."""
+def _stat_fields(pid: int | str) -> list[str]:
+    """`/proc/<pid>/stat` after the command name: proc(5)'s field 3 is index 0."""
     with open(f"/proc/{pid}/stat") as file:
         # The command name (field 2) may contain spaces; fields after it are fixed.
-        fields = file.read().rsplit(")", 1)[1].split()
+        return file.read().rsplit(")", 1)[1].split()
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """User and system CPU seconds and minor page faults of a process so far."""
+
+    user_s: float
+    system_s: float
+    minor_faults: int
+
+
+def cpu_split(pid: int) -> CpuSplit:
+    """`pid`'s CPU time as user and system time (clock ticks), and its minor faults."""
+    fields = _stat_fields(pid)
+    # minflt, utime, stime are proc(5)'s fields 10, 14 and 15.
+    return CpuSplit(int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS, int(fields[7]))
+
+
+def cpu_snapshot(pid: int) -> CpuSnapshot:
+    """The CPU time `pid` (all its threads) has used so far."""
+    fields = _stat_fields(pid)
     ticks = float(fields[11]) + float(fields[12])  # utime, stime (fields 14, 15)
     threads: dict[int, float] = {}
     try:
@@ -103,8 +124,7 @@ def descendants(pid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as file:
-                parent = int(file.read().rsplit(")", 1)[1].split()[1])
+            parent = int(_stat_fields(entry)[1])
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(parent, []).append(int(entry))

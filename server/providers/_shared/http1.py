@@ -301,8 +301,8 @@ class _Connection(asyncio.BufferedProtocol):
 
     def send(self, data: bytes, body: bytes, method: bytes, read_timeout: float | None) -> None:
         """Write one request and start waiting for its answer."""
+        # State is fresh: set by __init__ or by `release` after the last answer.
         assert self.transport is not None and not self._active
-        self._reset()
         self._active = True
         self._method = method
         self._head_ready = self._loop.create_future()
