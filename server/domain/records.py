@@ -128,12 +128,17 @@ async def put_within(
     inline. Giving up raises `StorageUnavailable` (the object may still
     land; every key is written whole and only ever with the same bytes).
     """
-    try:
-        await asyncio.wait_for(store.put(key, data, content_type), deadline.remaining())
-    except TimeoutError:
-        raise StorageUnavailable(
-            "Storage did not answer within the deadline.", metadata={"key": key}
-        ) from None
+    # asyncio.timeout rather than wait_for: wait_for wraps the put in a
+    # task of its own (Python 3.11), and this runs for every stored object.
+    remaining = deadline.remaining()
+    if remaining is None or remaining > 0:  # else not even started, as with wait_for
+        try:
+            async with asyncio.timeout(remaining):
+                await store.put(key, data, content_type)
+            return
+        except TimeoutError:
+            pass
+    raise StorageUnavailable("Storage did not answer within the deadline.", metadata={"key": key})
 
 
 def format_cost(cost: Decimal | None) -> str:

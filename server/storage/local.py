@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import errno
 import os
-import tempfile
+import secrets
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
@@ -60,6 +60,7 @@ class LocalDirectoryStore:
 
     Writes are atomic (a temporary file in the target directory, fsynced,
     then `os.replace`), so a reader sees either nothing or the whole object.
+    Files are created 0644 less the process umask.
     All file I/O runs in worker threads.
     """
 
@@ -125,20 +126,25 @@ class LocalDirectoryStore:
                 raise ValueError("storage key resolves outside the storage root")
             parent.mkdir(parents=True, exist_ok=True)
             self._ready_dirs.add(parent)
+        # A dot-name in the target directory: never a valid key, so never
+        # served, and on the same filesystem, so the rename is atomic. Plain
+        # os calls rather than mkstemp + a file object: each call is a
+        # syscall that lets go of the GIL and has to take it back, and under
+        # load every take costs a context switch with the event loop.
+        tmp = parent / f".{secrets.token_hex(8)}.tmp"
         try:
-            fd, tmp = tempfile.mkstemp(dir=parent, prefix=".", suffix=".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:
             # The directory was removed behind our back: check and create it
             # again on the next attempt (the storage retry policy makes one).
             self._ready_dirs.discard(parent)
             raise
         try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            # mkstemp creates 0600; the files are meant to be served.
-            os.chmod(tmp, 0o644)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -157,6 +163,13 @@ class LocalDirectoryStore:
             if exc.errno == errno.ENAMETOOLONG:
                 return None
             raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd` (a regular file may take less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _fsync_directory(directory: Path) -> None:

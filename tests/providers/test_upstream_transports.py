@@ -152,6 +152,22 @@ async def test_connections_are_reused_after_a_fully_read_answer(
     assert server.connections == 1
 
 
+async def test_an_upstream_cookie_is_never_sent_back(client: httpx.AsyncClient) -> None:
+    async def setting_a_cookie(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(answer(b"ok", "Set-Cookie: affinity=node-7; Path=/"))
+        await writer.drain()
+
+    async with raw_server(setting_a_cookie) as server:
+        for _ in range(2):
+            assert (await client.get(server.url + "/images")).content == b"ok"
+
+    assert len(server.requests) == 2
+    assert all(b"cookie" not in head.lower() for head, _ in server.requests)
+    assert not client.cookies
+    with pytest.raises(TypeError):
+        client.cookies = {"affinity": "node-7"}
+
+
 async def test_an_abandoned_answer_closes_its_connection(client: httpx.AsyncClient) -> None:
     async def trickle(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
         if body == b"slow":

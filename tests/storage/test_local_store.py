@@ -158,6 +158,44 @@ async def test_failed_replace_removes_the_temporary_file(
     assert not (root / "images" / "a.png").exists()
 
 
+async def test_a_short_write_is_continued_until_the_whole_object_is_written(
+    store: LocalDirectoryStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data)[:3]))
+    body = bytes(range(256)) * 4
+
+    await store.put("images/a.png", body, "image/png")
+
+    monkeypatch.undo()
+    assert (root / "images" / "a.png").read_bytes() == body
+
+
+async def test_a_failed_write_removes_the_temporary_file_and_closes_it(
+    store: LocalDirectoryStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[int] = []
+    real_close = os.close
+
+    def failing_write(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    def spy_close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "write", failing_write)
+    monkeypatch.setattr(os, "close", spy_close)
+
+    with pytest.raises(StorageUnavailable):
+        await store.put("images/a.png", b"x", "image/png")
+
+    monkeypatch.undo()
+    assert closed  # the temporary file's descriptor is not leaked
+    assert _leftovers(root) == []
+    assert not (root / "images" / "a.png").exists()
+
+
 async def test_file_io_runs_off_the_event_loop_thread(
     store: LocalDirectoryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
