@@ -22,6 +22,7 @@ from server.domain.errors import (
 )
 from server.domain.retry import RetryPolicy
 from server.providers._shared.http import (
+    _target,
     error_for_status,
     new_client,
     parse_retry_after,
@@ -228,3 +229,24 @@ async def test_expired_deadline_fails_without_sending() -> None:
                 timeout_s=5,
                 parse=lambda r: r,
             )
+
+
+@pytest.mark.parametrize(
+    ("url", "params"),
+    [
+        ("https://upstream.test/v1/images", {"api-version": "2025-04-01"}),
+        ("https://upstream.test/v1/images?x=1", {"api-version": "preview", "y": "a b"}),
+        ("https://upstream.test/v1/tasks/abc", {}),
+    ],
+)
+async def test_a_parsed_target_is_the_url_httpx_would_send_and_is_parsed_once(
+    url: str, params: dict[str, str]
+) -> None:
+    async with new_client(timeout_s=5) as client:
+        expected = client.build_request("POST", url, params=params or None).url
+
+    first = _target(url, tuple(params.items()))
+
+    assert first == expected
+    assert str(first) == str(expected)
+    assert _target(url, tuple(params.items())) is first
