@@ -4,7 +4,9 @@
     python -m benchmarks.cell rest-b64 --noise 4mb -c 8 --service-env MALLOC_TRIM_THRESHOLD_=0
 
 Starts the stack as `make bench` does (its `bare` configuration unless
-`--config production`; no API keys), drives the cell's closed loop for
+`--config production`, which as in `make bench` presents an API key checked
+against a redis-server of its own, with the per-key and per-provider limits
+counted there), drives the cell's closed loop for
 `--warmup-seconds` and then `--seconds`, and prints for the gRPC server and the REST
 sidecar: CPU per completed request as user and system time
 (`/proc/<pid>/stat`, clock ticks), minor page faults per request, and peak
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -27,43 +30,55 @@ from benchmarks.load import closed_loop
 from benchmarks.processes import Stack
 from benchmarks.procstat import cpu_split, peak_rss_mib, reset_peak
 from benchmarks.profile import add_cell_arguments
-from benchmarks.run import CONFIGS, TRACED_CONFIGS, Service
+from benchmarks.run import CONFIGS, TRACED_CONFIGS, Service, keys_for
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> str:
-    env = {**CONFIGS[args.config], **dict(kv.split("=", 1) for kv in args.service_env)}
-    stack = Stack(
-        workdir,
-        workdir / "media",
-        noise_sizes=(args.noise,),
-        service_env=env,
-        trace_to_emulator=args.config in TRACED_CONFIGS,
-    )
-    async with stack:
-        service = Service(args.config, stack)
-        try:
-            call = service.call_for(args.path, prompt(args.noise, args.latency / 1000), args.n)
-            await closed_loop(
-                call, concurrency=args.c, duration_s=args.warmup_seconds, max_requests=1_000_000
-            )
-            pids = stack.service_pids()
-            for pid in pids:
-                reset_peak(pid)
-            before = [cpu_split(pid) for pid in pids]
-            result = await closed_loop(
-                call,
-                concurrency=args.c,
-                duration_s=args.seconds,
-                max_requests=1_000_000,
-                warmup=False,
-            )
-            after = [cpu_split(pid) for pid in pids]
-            peaks = [peak_rss_mib(pid) for pid in pids]
-        finally:
-            await service.close()
+    async with contextlib.AsyncExitStack() as stacks:
+        extra, api_key = await keys_for(args.config, workdir, stacks)
+        env = {
+            **CONFIGS[args.config],
+            **extra,
+            **dict(kv.split("=", 1) for kv in args.service_env),
+        }
+        stack = Stack(
+            workdir,
+            workdir / "media",
+            noise_sizes=(args.noise,),
+            service_env=env,
+            trace_to_emulator=args.config in TRACED_CONFIGS,
+        )
+        await stacks.enter_async_context(stack)
+        return await _measure(args, Service(args.config, stack, api_key))
+
+
+async def _measure(args: argparse.Namespace, service: Service) -> str:
+    """Drive the cell's closed loop on `service` and report the window's costs."""
+    stack = service.stack
+    try:
+        call = service.call_for(args.path, prompt(args.noise, args.latency / 1000), args.n)
+        await closed_loop(
+            call, concurrency=args.c, duration_s=args.warmup_seconds, max_requests=1_000_000
+        )
+        pids = stack.service_pids()
+        for pid in pids:
+            reset_peak(pid)
+        before = [cpu_split(pid) for pid in pids]
+        result = await closed_loop(
+            call,
+            concurrency=args.c,
+            duration_s=args.seconds,
+            max_requests=1_000_000,
+            warmup=False,
+        )
+        after = [cpu_split(pid) for pid in pids]
+        peaks = [peak_rss_mib(pid) for pid in pids]
+    finally:
+        await service.close()
     done = max(result.completed, 1)
     lines = [
-        f"{args.path} {args.noise} n={args.n} c={args.c} {args.latency} ms [{args.config}]"
+        f"{args.path} {args.noise} n={args.n} c={args.c} {args.latency} ms [{args.config}"
+        f"{', API key in Redis' if service.api_key else ''}]"
         f"{' ' + ' '.join(args.service_env) if args.service_env else ''}: "
         f"{result.completed} requests in {result.elapsed:.1f} s, errors {dict(result.errors)}"
     ]

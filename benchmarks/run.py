@@ -704,6 +704,21 @@ def environment(elapsed_s: float) -> str:
     )
 
 
+async def keys_for(
+    config: str, workdir: Path, stacks: contextlib.AsyncExitStack
+) -> tuple[dict[str, str], str]:
+    """The extra service environment and the API key callers present in `config`.
+
+    A keyed configuration gets a redis-server of its own (stopped with
+    `stacks`) and one key created in it; others, or a machine without
+    redis-server, get none.
+    """
+    if config not in KEYED_CONFIGS or not keyed.supported():
+        return {}, ""
+    redis_url = await stacks.enter_async_context(keyed.redis_server(workdir, config))
+    return keyed.service_env(redis_url), await keyed.create_key(redis_url)
+
+
 async def run(
     plan: Plan, workdir: Path, phases: set[str], service_env: dict[str, str]
 ) -> tuple[Bench, float]:
@@ -713,12 +728,7 @@ async def run(
     async with contextlib.AsyncExitStack() as stacks:
         services: list[Service] = []
         for config in plan.configs:
-            extra: dict[str, str] = {}
-            api_key = ""
-            if config in KEYED_CONFIGS and keyed.supported():
-                redis_url = await stacks.enter_async_context(keyed.redis_server(workdir, config))
-                api_key = await keyed.create_key(redis_url)
-                extra = keyed.service_env(redis_url)
+            extra, api_key = await keys_for(config, workdir, stacks)
             stack = Stack(
                 workdir,
                 workdir / f"media-{config}",
