@@ -3,9 +3,9 @@
 Every replica (and the `image-service keys` commands) reads and writes the
 same keys, counters and leases, so a key created or revoked, a rate window,
 a daily image cap and a monthly budget hold for the whole deployment.
-Check-and-count steps are Lua scripts (atomic on the Redis server, timed by
-the server's clock so replicas' clocks do not matter); usage increments
-are one MULTI transaction.
+Every step is one Lua script (atomic on the Redis server, timed by the
+server's clock so replicas' clocks do not matter, and one command to pack
+and one reply to parse where a MULTI transaction has one per command).
 
 Layout (`prefix` defaults to `ck:`): `key:<id>` hash per key, `keys` set
 of ids, `rate:<id>` sorted set of request times (ms) in the sliding minute,
@@ -91,6 +91,28 @@ return {fields, take(KEYS[2], rpm, tonumber(ARGV[2]), ARGV[3])}
 )
 
 
+# A key's usage in a day and a month, in one reply: {images today, cost
+# units this month}, each 0 when unset.
+_QUOTA = """
+return {
+  tonumber(redis.call('HGET', KEYS[1], 'images') or '0'),
+  tonumber(redis.call('HGET', KEYS[2], 'cost_units') or '0'),
+}
+"""
+
+# Count one generation's images and cost in its day and month (KEYS 1-2,
+# TTLs ARGV 3-4) and remember both periods (KEYS[3]; ARGV 5-6).
+_ADD_USAGE = """
+for i = 1, 2 do
+  redis.call('HINCRBY', KEYS[i], 'images', ARGV[1])
+  redis.call('HINCRBY', KEYS[i], 'cost_units', ARGV[2])
+  redis.call('EXPIRE', KEYS[i], ARGV[2 + i])
+end
+redis.call('SADD', KEYS[3], ARGV[5], ARGV[6])
+return 1
+"""
+
+
 def connect(url: str, settings: Settings | None = None) -> aioredis.Redis:
     """A client for `url` on at most `settings.redis_max_connections` connections
     (the defaults without `settings`).
@@ -130,6 +152,8 @@ class RedisKeyStore:
         self._revoke = client.register_script(_REVOKE)
         self._take = client.register_script(_TAKE)
         self._lookup = client.register_script(_LOOKUP)
+        self._quota = client.register_script(_QUOTA)
+        self._add_usage = client.register_script(_ADD_USAGE)
 
     def _key(self, key_id: str) -> str:
         return f"{self._prefix}key:{key_id}"
@@ -198,23 +222,29 @@ class RedisKeyStore:
         return f"{self._prefix}usage:{key_id}:{period}"
 
     async def check_quota(self, check: QuotaCheck) -> QuotaRefusal | None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hget(self._usage_key(check.key_id, check.day), "images")
-        pipe.hget(self._usage_key(check.key_id, check.month), "cost_units")
-        day_images, month_units = await guarded(pipe.execute())
-        return refusal(check, day_images=int(day_images or 0), month_units=int(month_units or 0))
+        day_images, month_units = await guarded(
+            self._quota(
+                keys=[
+                    self._usage_key(check.key_id, check.day),
+                    self._usage_key(check.key_id, check.month),
+                ]
+            )
+        )
+        return refusal(check, day_images=int(day_images), month_units=int(month_units))
 
     async def add_usage(
         self, key_id: str, day: str, month: str, images: int, cost_units: int
     ) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        for period, ttl in ((day, _DAY_TTL_S), (month, _MONTH_TTL_S)):
-            key = self._usage_key(key_id, period)
-            pipe.hincrby(key, "images", images)
-            pipe.hincrby(key, "cost_units", cost_units)
-            pipe.expire(key, ttl)
-        pipe.sadd(f"{self._prefix}periods:{key_id}", day, month)
-        await guarded(pipe.execute())
+        await guarded(
+            self._add_usage(
+                keys=[
+                    self._usage_key(key_id, day),
+                    self._usage_key(key_id, month),
+                    f"{self._prefix}periods:{key_id}",
+                ],
+                args=[images, cost_units, _DAY_TTL_S, _MONTH_TTL_S, day, month],
+            )
+        )
 
     async def usage(self, key_id: str) -> dict[str, Usage]:
         periods: set[Any] = await guarded(self.client.smembers(f"{self._prefix}periods:{key_id}"))

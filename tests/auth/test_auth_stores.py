@@ -179,6 +179,27 @@ async def test_ledger_refuses_over_quota_with_retry_after(store: KeyStore) -> No
     assert refused.value.description == "images_per_day 2"
 
 
+async def test_redis_usage_periods_expire_days_after_40_and_months_after_400(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with redis_server(tmp_path / "redis") as server:
+        store = RedisKeyStore(connect(server.url))
+        try:
+            await store.add_usage("key_t", "2026-12-04", "2026-12", 1, 5)
+            client = store.client
+            day_ttl = await client.ttl("ck:usage:key_t:2026-12-04")
+            month_ttl = await client.ttl("ck:usage:key_t:2026-12")
+            assert 40 * 86400 - 60 < day_ttl <= 40 * 86400
+            assert 400 * 86400 - 60 < month_ttl <= 400 * 86400
+            assert await client.smembers("ck:periods:key_t") == {"2026-12-04", "2026-12"}
+            assert await client.hgetall("ck:usage:key_t:2026-12") == {
+                "images": "1",
+                "cost_units": "5",
+            }
+        finally:
+            await store.aclose()
+
+
 async def test_an_unreachable_store_fails_closed(tmp_path: pathlib.Path) -> None:
     async with redis_server(tmp_path / "redis") as server:
         store = RedisKeyStore(connect(server.url))
@@ -230,6 +251,22 @@ async def test_no_free_redis_connection_within_the_pool_timeout_fails_closed(
         finally:
             await pool.release(held)
             await store.aclose()
+
+
+async def test_redis_replies_are_parsed_by_hiredis(tmp_path: pathlib.Path) -> None:
+    # The `redis[hiredis]` dependency: redis-py picks the C parser only
+    # when hiredis imports, and silently falls back to pure Python if not.
+    async with redis_server(tmp_path / "redis") as server:
+        client = connect(server.url)
+        try:
+            assert await client.ping()
+            connection = await client.connection_pool.get_connection()
+            try:
+                assert type(connection._parser).__name__ == "_AsyncHiredisParser"
+            finally:
+                await client.connection_pool.release(connection)
+        finally:
+            await client.aclose()
 
 
 def test_the_redis_pool_is_sized_by_the_settings() -> None:
