@@ -34,6 +34,7 @@ class RawServer:
 
     handler: Handler
     connections: int = 0
+    closed: int = 0
     requests: list[tuple[bytes, bytes]] = field(default_factory=list)
     url: str = ""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -48,6 +49,7 @@ class RawServer:
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
         finally:
+            self.closed += 1
             writer.close()
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -364,6 +366,26 @@ async def test_a_connection_the_upstream_says_it_closes_is_not_reused(
             assert (await client.get(server.url)).content == b"ok"
 
     assert server.connections == 3
+
+
+async def test_an_idle_connection_to_a_host_not_called_again_is_closed_when_it_expires(
+    make_transport: Transports,
+) -> None:
+    async with (
+        new_client(timeout_s=5, transport=make_transport(keepalive_expiry_s=0.2)) as client,
+        raw_server(echo_length) as once,
+        raw_server(echo_length) as again,
+    ):
+        assert (await client.post(once.url, content=b"abc")).content == b"3"
+        await asyncio.sleep(0.4)
+        # Traffic elsewhere; `once` is never called again.
+        assert (await client.post(again.url, content=b"ab")).content == b"2"
+        for _ in range(250):
+            if once.closed:
+                break
+            await asyncio.sleep(0.02)
+
+        assert once.closed == 1
 
 
 async def test_an_idle_connection_the_upstream_closed_is_not_handed_out(

@@ -499,6 +499,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         self._slots = asyncio.Semaphore(max_connections) if max_connections else None
         self._max_connections = max_connections
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._next_sweep = time.monotonic() + keepalive_expiry_s
         self._buffers = _BodyBuffers()
         self._open: set[_Connection] = set()
         self._proxied: AiohttpTransport | None = None
@@ -574,6 +575,30 @@ class Http1Transport(httpx.AsyncBaseTransport):
         else:
             self._open.discard(connection)
         self._give_slot()
+        self._sweep_idle()
+
+    def _sweep_idle(self) -> None:
+        """Close every host's idle connections that expired or that the far
+        side closed, at most once per expiry period.
+
+        `_connection_for` drops such connections for the host it is asked
+        for; without this, a host called once (a result download's bucket,
+        say) would keep its idle sockets and their objects for good.
+        """
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self._keepalive_expiry_s
+        for key, idle in list(self._idle.items()):
+            fresh = [c for c in idle if c.usable and now - c.idle_since < self._keepalive_expiry_s]
+            for connection in idle:
+                if connection not in fresh:
+                    connection.close()
+                    self._open.discard(connection)
+            if fresh:
+                self._idle[key] = fresh
+            else:
+                del self._idle[key]
 
     def _abandon(self, connection: _Connection) -> None:
         connection.close()
