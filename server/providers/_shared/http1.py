@@ -590,9 +590,11 @@ class Http1Transport(httpx.AsyncBaseTransport):
             return
         self._next_sweep = now + self._keepalive_expiry_s
         for key, idle in list(self._idle.items()):
-            fresh = [c for c in idle if c.usable and now - c.idle_since < self._keepalive_expiry_s]
+            fresh: list[_Connection] = []
             for connection in idle:
-                if connection not in fresh:
+                if connection.usable and now - connection.idle_since < self._keepalive_expiry_s:
+                    fresh.append(connection)
+                else:
                     connection.close()
                     self._open.discard(connection)
             if fresh:
