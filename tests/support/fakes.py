@@ -60,10 +60,13 @@ class MemoryStore:
         self.objects: dict[str, tuple[bytes, str]] = {}
         self.failing_writes = 0  # fail this many puts, then succeed
         self.down = False  # fail every put
+        self.put_delay_s = 0.0  # how long each put takes
         self.puts = 0
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         self.puts += 1
+        if self.put_delay_s:
+            await asyncio.sleep(self.put_delay_s)
         if self.down or self.failing_writes > 0:
             self.failing_writes -= 1
             raise StorageUnavailable("store is down")
