@@ -19,6 +19,7 @@ from server.domain.errors import RateLimited
 from server.domain.ports import ImageBackend, ProducedImage, UpstreamCall, UpstreamResult
 from server.domain.requests import Size
 from server.providers._shared.limits import limited
+from server.providers._shared.shared_limits import Outcome, Start
 from tests.auth.redis_server import RedisServer, redis_server
 
 FLUX = Catalogue.load().get("azure/flux-kontext-pro")
@@ -129,3 +130,61 @@ async def test_redis_down_falls_back_to_per_process_limits(
     with pytest.raises(RateLimited):
         await a.run(call(), Deadline.after(5))
     assert inner.calls == 1
+
+
+@pytest.fixture
+async def slots(redis: RedisServer) -> AsyncIterator[RedisUpstreamSlots]:
+    client = connect(redis.url)
+    yield RedisUpstreamSlots(client, prefix="t:")
+    await client.aclose()
+
+
+async def test_a_start_refused_its_turn_takes_no_slot(
+    slots: RedisUpstreamSlots, redis: RedisServer
+) -> None:
+    limits = {"max_concurrent": 1, "slot_ttl_s": 30.0, "per_minute": 1, "window_s": 60.0}
+    first = await slots.try_start("m", **limits, max_wait_s=5.0)
+    assert first.outcome is Outcome.STARTED and first.slot and first.turn
+    assert first.wait_s == 0
+    await slots.release("m", first.slot)
+    late = await slots.try_start("m", **limits, max_wait_s=5.0)
+    assert late.outcome is Outcome.LATE and 55 < late.wait_s <= 60
+    assert (late.slot, late.turn) == (None, None)
+    client = connect(redis.url)
+    try:
+        assert await client.zcard("t:upstream:running:m") == 0
+        assert await client.zcard("t:upstream:rate:m") == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_start_that_finds_no_slot_reserves_no_turn(
+    slots: RedisUpstreamSlots, redis: RedisServer
+) -> None:
+    limits = {"max_concurrent": 1, "slot_ttl_s": 30.0, "per_minute": 10, "window_s": 60.0}
+    first = await slots.try_start("m", **limits, max_wait_s=None)
+    assert first.outcome is Outcome.STARTED
+    busy = await slots.try_start("m", **limits, max_wait_s=None)
+    assert busy == Start(Outcome.BUSY)
+    client = connect(redis.url)
+    try:
+        assert await client.zcard("t:upstream:rate:m") == 1
+        assert await client.zcard("t:upstream:running:m") == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_limit_not_set_takes_nothing(slots: RedisUpstreamSlots, redis: RedisServer) -> None:
+    only_rate = await slots.try_start(
+        "m", max_concurrent=None, slot_ttl_s=30.0, per_minute=5, window_s=60.0, max_wait_s=None
+    )
+    assert only_rate.outcome is Outcome.STARTED and only_rate.slot is None and only_rate.turn
+    only_slots = await slots.try_start(
+        "n", max_concurrent=2, slot_ttl_s=30.0, per_minute=None, window_s=60.0, max_wait_s=None
+    )
+    assert only_slots.outcome is Outcome.STARTED and only_slots.slot and only_slots.turn is None
+    client = connect(redis.url)
+    try:
+        assert await client.exists("t:upstream:running:m", "t:upstream:rate:n") == 0
+    finally:
+        await client.aclose()

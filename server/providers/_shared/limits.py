@@ -219,7 +219,8 @@ def limited(
 
     With `shared` (Redis), the limits hold across replicas
     (`shared_limits.SharedLimitedBackend`), falling back to this process's
-    `LimitedBackend` when the shared store is unreachable.
+    `LimitedBackend` over the same `inner` when the shared store is
+    unreachable.
     """
     if max_concurrent is None and per_minute is None:
         return inner
@@ -229,5 +230,10 @@ def limited(
     from server.providers._shared.shared_limits import SharedLimitedBackend
 
     return SharedLimitedBackend(
-        local, shared, key=key, max_concurrent=max_concurrent, per_minute=per_minute
+        inner,
+        shared,
+        fallback=local,
+        key=key,
+        max_concurrent=max_concurrent,
+        per_minute=per_minute,
     )

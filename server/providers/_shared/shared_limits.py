@@ -4,7 +4,7 @@
 REQUESTS_PER_MINUTE=6` becomes 6 x replicas once the HPA scales out.
 `SharedLimitedBackend` takes the same two limits from `SharedSlots`, a
 store every replica shares (Redis: server/auth/redis_limits.py), before it
-calls the backend it wraps:
+calls the backend it wraps, both in one step (`try_start`):
 
 - `per_minute`: a start time in the model's sliding window, handed out in
   arrival order across replicas exactly as `LimitedBackend` does in one
@@ -12,26 +12,34 @@ calls the backend it wraps:
   deadline is refused at once with the wait as `retry_after`);
 - `max_concurrent`: a slot in the model's set of running calls, held (and
   renewed) while the call runs and released after it; a replica that dies
-  loses its slots when their lease (`slot_ttl_s`) runs out. Waiting for a
-  slot polls the store until the deadline.
+  loses its slots when their lease (`slot_ttl_s`) runs out. While every
+  slot is taken the call polls the store until its deadline.
 
-The wrapped backend is the per-process `LimitedBackend` with the same
-limits, which is what applies when the shared store cannot be reached: the
-limits then degrade to per replica (logged) rather than failing calls or
-dropping the limits altogether. Refusals are `RateLimited`
-(`UPSTREAM_RATE_LIMITED`), as from `LimitedBackend`.
+A step takes both or neither: a call refused its turn holds no slot, and a
+call that finds no slot reserves no turn.
+
+`fallback` is the per-process `LimitedBackend` with the same limits over
+the same backend, which is what applies when the shared store cannot be
+reached: the limits then degrade to per replica (logged) rather than
+failing calls or dropping the limits altogether. A call the shared store
+admitted goes straight to the backend, counted once. Refusals are
+`RateLimited` (`UPSTREAM_RATE_LIMITED`), as from `LimitedBackend`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
-from collections.abc import AsyncIterator, Awaitable
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from server.domain.deadline import Deadline
 from server.domain.ports import ImageBackend, UpstreamCall, UpstreamResult
+from server.domain.telemetry import report_limiter_wait
 from server.providers._shared.limits import refusal
 
 log = logging.getLogger(__name__)
@@ -43,6 +51,30 @@ _POLL_S = 0.05
 _POLL_MAX_S = 0.5
 
 
+class Outcome(enum.Enum):
+    """What one `SharedSlots.try_start` step did."""
+
+    STARTED = "started"  # took a slot and a turn (each when limited)
+    BUSY = "busy"  # every running-call slot is taken; nothing taken
+    LATE = "late"  # the turn would come after `max_wait_s`; nothing taken
+
+
+@dataclass(frozen=True)
+class Start:
+    """The answer of `SharedSlots.try_start`.
+
+    `wait_s`: STARTED, until the reserved turn (0 without a rate limit);
+    LATE, until the first turn there is. `slot` and `turn` are the tokens of
+    what a STARTED step took (None for a limit not set), for `release` and
+    `cancel_start`.
+    """
+
+    outcome: Outcome
+    wait_s: float = 0.0
+    slot: str | None = None
+    turn: str | None = None
+
+
 class SharedSlots(Protocol):
     """Rate and concurrency slots shared by every replica.
 
@@ -50,22 +82,24 @@ class SharedSlots(Protocol):
     `name` identifies one upstream model (`<backend>:<model>`).
     """
 
-    async def reserve_start(
-        self, name: str, per_minute: int, window_s: float, max_wait_s: float | None
-    ) -> tuple[str | None, float]:
-        """A start time in `name`'s sliding window, in arrival order.
-
-        Returns `(token, wait_s)`: the start is reserved `wait_s` from now;
-        or `(None, wait_s)` without reserving when `wait_s` would exceed
-        `max_wait_s`.
-        """
+    async def try_start(
+        self,
+        name: str,
+        *,
+        max_concurrent: int | None,
+        slot_ttl_s: float,
+        per_minute: int | None,
+        window_s: float,
+        max_wait_s: float | None,
+    ) -> Start:
+        """One atomic step for a call to start (see `Outcome`): a running-call
+        slot, leased for `slot_ttl_s`, when fewer than `max_concurrent` are
+        taken, and a start time in `name`'s sliding window, in arrival order,
+        no later than `max_wait_s` from now (None: any). A limit of None is
+        not checked and takes nothing."""
         ...
 
     async def cancel_start(self, name: str, token: str) -> None: ...
-
-    async def try_acquire(self, name: str, limit: int, ttl_s: float) -> str | None:
-        """A running-call slot (its token), or None when `limit` are taken."""
-        ...
 
     async def renew(self, name: str, token: str, ttl_s: float) -> None: ...
 
@@ -80,6 +114,7 @@ class SharedLimitedBackend:
         inner: ImageBackend,
         slots: SharedSlots,
         *,
+        fallback: ImageBackend,
         key: str,
         max_concurrent: int | None = None,
         per_minute: int | None = None,
@@ -87,6 +122,7 @@ class SharedLimitedBackend:
         slot_ttl_s: float = SLOT_TTL_S,
     ) -> None:
         self.inner = inner
+        self.fallback = fallback
         self.key = key
         self.max_concurrent = max_concurrent
         self.per_minute = per_minute
@@ -98,39 +134,51 @@ class SharedLimitedBackend:
         """`inner.run(call, deadline)` within the shared limits; see the module doc."""
         name = f"{self.key}:{call.model.name}"
         try:
-            async with self._slot(name, call, deadline):
-                await self._wait_for_turn(name, call, deadline)
-                return await self.inner.run(call, deadline)
+            start = await self._start(name, call, deadline)
         except _Unshared:
-            return await self.inner.run(call, deadline)
-
-    @contextlib.asynccontextmanager
-    async def _slot(self, name: str, call: UpstreamCall, deadline: Deadline) -> AsyncIterator[None]:
-        if self.max_concurrent is None:
-            yield
-            return
-        token = await self._acquire(name, call, deadline)
-        keeper = asyncio.create_task(self._keep(name, token))
+            return await self.fallback.run(call, deadline)
+        slot = start.slot
+        keeper = None if slot is None else asyncio.create_task(self._keep(name, slot))
         try:
-            yield
+            if start.wait_s > 0:
+                await self._wait_for_turn(name, start)
+            return await self.inner.run(call, deadline)
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-            try:
-                await self._slots.release(name, token)
-            except ConnectionError as error:
-                log.warning("%s: slot not released (%s); its lease expires", name, error)
+            if keeper is not None and slot is not None:
+                await self._release(name, keeper, slot)
 
-    async def _acquire(self, name: str, call: UpstreamCall, deadline: Deadline) -> str:
-        assert self.max_concurrent is not None
+    async def _start(self, name: str, call: UpstreamCall, deadline: Deadline) -> Start:
+        queued = time.monotonic()
         pause = _POLL_S
         while True:
-            token = await _shared(
-                name, self._slots.try_acquire(name, self.max_concurrent, self._slot_ttl_s)
+            start = await _shared(
+                name,
+                self._slots.try_start(
+                    name,
+                    max_concurrent=self.max_concurrent,
+                    slot_ttl_s=self._slot_ttl_s,
+                    per_minute=self.per_minute,
+                    window_s=self.window_s,
+                    max_wait_s=deadline.remaining(),
+                ),
             )
-            if token is not None:
-                return token
+            if start.outcome is Outcome.STARTED:
+                if self.max_concurrent is not None:
+                    report_limiter_wait("max_concurrency", time.monotonic() - queued)
+                if self.per_minute is not None:
+                    report_limiter_wait("requests_per_minute", max(0.0, start.wait_s))
+                return start
+            if start.outcome is Outcome.LATE:
+                raise refusal(
+                    self.key,
+                    call,
+                    "requests_per_minute",
+                    self.per_minute,
+                    f"{call.model.name} is limited to {self.per_minute} request(s) a minute "
+                    "across this deployment; the next free slot is in "
+                    f"{start.wait_s:.0f} s, after the deadline.",
+                    start.wait_s,
+                )
             remaining = deadline.remaining()
             if remaining is not None and remaining <= pause:
                 raise refusal(
@@ -145,6 +193,16 @@ class SharedLimitedBackend:
             await asyncio.sleep(pause)
             pause = min(pause * 2, _POLL_MAX_S)
 
+    async def _wait_for_turn(self, name: str, start: Start) -> None:
+        log.debug("%s: queued %.1f s for its shared rate limit", name, start.wait_s)
+        try:
+            await asyncio.sleep(start.wait_s)
+        except asyncio.CancelledError:
+            if start.turn is not None:
+                with contextlib.suppress(ConnectionError):
+                    await self._slots.cancel_start(name, start.turn)
+            raise
+
     async def _keep(self, name: str, token: str) -> None:
         while True:
             await asyncio.sleep(self._slot_ttl_s / 3)
@@ -153,32 +211,14 @@ class SharedLimitedBackend:
             except ConnectionError as error:
                 log.warning("%s: slot lease not renewed (%s)", name, error)
 
-    async def _wait_for_turn(self, name: str, call: UpstreamCall, deadline: Deadline) -> None:
-        if self.per_minute is None:
-            return
-        token, wait = await _shared(
-            name,
-            self._slots.reserve_start(name, self.per_minute, self.window_s, deadline.remaining()),
-        )
-        if token is None:
-            raise refusal(
-                self.key,
-                call,
-                "requests_per_minute",
-                self.per_minute,
-                f"{call.model.name} is limited to {self.per_minute} request(s) a minute across "
-                f"this deployment; the next free slot is in {wait:.0f} s, after the deadline.",
-                wait,
-            )
-        if wait <= 0:
-            return
-        log.debug("%s: queued %.1f s for its shared rate limit", name, wait)
+    async def _release(self, name: str, keeper: asyncio.Task[None], token: str) -> None:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
         try:
-            await asyncio.sleep(wait)
-        except asyncio.CancelledError:
-            with contextlib.suppress(ConnectionError):
-                await self._slots.cancel_start(name, token)
-            raise
+            await self._slots.release(name, token)
+        except ConnectionError as error:
+            log.warning("%s: slot not released (%s); its lease expires", name, error)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
