@@ -13,6 +13,12 @@ and cost per UTC month, checked against the key's caps before a generation
 counted from what it produced after. The two steps are separate atomic
 store operations, so N requests of one key admitted together can overspend
 by at most what those N produce: the bound is the in-flight requests.
+
+The check reads no store of its own when it can help it: authentication
+reads a key's usage with the key, in the same store step, and the check
+uses that reading while it is fresh (`USAGE_SEEN_FRESH_S`, same UTC day and
+month). The bound above then also counts the requests of the key that
+finished in that second.
 """
 
 from __future__ import annotations
@@ -24,9 +30,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from server.auth.keys import bearer_key, digest_of, key_id_of, to_units
-from server.auth.store import KeyStore, QuotaCheck, QuotaRefusal, StoreUnavailable, admits
-from server.domain.callers import Caller
+from server.auth.keys import bearer_key, digest_of, from_units, key_id_of, to_units
+from server.auth.store import (
+    KeyStore,
+    QuotaCheck,
+    QuotaRefusal,
+    StoreUnavailable,
+    admits,
+    refusal,
+)
+from server.domain.callers import Caller, UsageSeen
 from server.domain.errors import (
     AuthUnavailable,
     InvalidApiKey,
@@ -36,6 +49,12 @@ from server.domain.errors import (
 
 log = logging.getLogger(__name__)
 
+# How long the usage read with the key stands in for the quota check's own
+# read (`KeyLedger.admit`): the validation between the two takes
+# milliseconds; a call that waited longer (for another attempt's request-id
+# lease) reads the store again.
+USAGE_SEEN_FRESH_S = 1.0
+
 _NO_KEY = "Send a valid API key as 'Authorization: Bearer ck-...'."
 _BAD_KEY = "The API key is not valid (unknown, revoked or mistyped)."
 _UNAVAILABLE = "The key store is unavailable; retry shortly."
@@ -44,8 +63,9 @@ _UNAVAILABLE = "The key store is unavailable; retry shortly."
 class Authenticator:
     """Resolves `Authorization: Bearer ck-...` into a `Caller` (see module doc)."""
 
-    def __init__(self, store: KeyStore) -> None:
+    def __init__(self, store: KeyStore, *, clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._clock = clock
 
     async def authenticate(self, authorization: str | None) -> Caller:
         key = bearer_key(authorization)
@@ -53,27 +73,36 @@ class Authenticator:
             raise InvalidApiKey(_BAD_KEY if authorization else _NO_KEY)
         key_id = key_id_of(key)
         digest = digest_of(key)
+        now = self._clock()
         try:
-            # One store step: the record, and the request counted in the
-            # key's window only if the key is admitted (`rate_to_count`).
-            record, wait = await self._store.lookup(key_id, digest)
+            # One store step: the record, the request counted in the key's
+            # window only if the key is admitted (`rate_to_count`), and the
+            # key's usage today and this month if it has a quota.
+            found = await self._store.lookup(key_id, digest, day_of(now), month_of(now))
         except StoreUnavailable as error:
             log.error("key store unavailable (%s): refusing the call", error)
             raise AuthUnavailable(_UNAVAILABLE, retry_after=1.0) from None
+        record = found.record
         if record is None or not admits(record, digest):
             raise InvalidApiKey(_BAD_KEY)
         per_minute = record.limits.requests_per_minute
-        if per_minute is not None and wait is not None:
+        if per_minute is not None and found.wait_s is not None:
             raise KeyRateLimited(
                 f"This API key's limit of {per_minute} requests per minute is reached.",
                 metadata={"key_id": key_id, "limit": str(per_minute)},
-                retry_after=wait,
+                retry_after=found.wait_s,
             )
+        usage = found.usage
         return Caller(
             key_id=key_id,
             models=record.models,
             images_per_day=record.limits.images_per_day,
             monthly_budget=record.limits.monthly_budget,
+            usage=None
+            if usage is None
+            else UsageSeen(
+                now, usage.day, usage.month, usage.day_images, from_units(usage.month_units)
+            ),
         )
 
 
@@ -100,6 +129,15 @@ def _seconds_to_next_month(at: float) -> float:
     return (first + timedelta(days=days) - now).total_seconds()
 
 
+def _fresh(seen: UsageSeen, check: QuotaCheck, now: float) -> bool:
+    """Whether the usage read with the key may stand in for reading it again."""
+    return (
+        0 <= now - seen.at <= USAGE_SEEN_FRESH_S
+        and seen.day == check.day
+        and seen.month == check.month
+    )
+
+
 class KeyLedger:
     """`UsageLedger` on a `KeyStore` (see module doc)."""
 
@@ -123,12 +161,16 @@ class KeyLedger:
             images_per_day=caller.images_per_day,
             budget_units=None if budget is None else to_units(budget),
         )
-        try:
-            refused = await self._store.check_quota(check)
-        except StoreUnavailable as error:
-            # Fail closed: nothing has been paid for yet.
-            log.error("usage counters unavailable (%s): refusing the call", error)
-            raise AuthUnavailable(_UNAVAILABLE, retry_after=1.0) from None
+        seen = caller.usage
+        if seen is not None and _fresh(seen, check, now):
+            refused = refusal(check, day_images=seen.images, month_units=to_units(seen.cost))
+        else:
+            try:
+                refused = await self._store.check_quota(check)
+            except StoreUnavailable as error:
+                # Fail closed: nothing has been paid for yet.
+                log.error("usage counters unavailable (%s): refusing the call", error)
+                raise AuthUnavailable(_UNAVAILABLE, retry_after=1.0) from None
         if refused is None:
             return
         if refused is QuotaRefusal.IMAGES_PER_DAY:

@@ -34,7 +34,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from server.auth.keys import KeyRecord, Limits, Usage, from_units, to_units
-from server.auth.store import QuotaCheck, QuotaRefusal, StoreUnavailable, refusal
+from server.auth.store import (
+    Lookup,
+    PeriodUsage,
+    QuotaCheck,
+    QuotaRefusal,
+    StoreUnavailable,
+    refusal,
+)
 from server.settings import Settings
 
 T = TypeVar("T")
@@ -72,21 +79,34 @@ end
 """
 _TAKE = _TAKE_FUNCTION + "return take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])"
 
-# One round trip per call: the key's fields, and the request taken in its
-# window when `store.rate_to_count` says so (known, active, the presented
-# digest matches, a limit set). Returns {fields, -1 or ms to wait}.
+# One round trip per call. KEYS: the key's hash, its rate window, its usage
+# in the day and the month asked for. For an admitted key (known, active,
+# the presented digest matches: `store.admits`), the request is taken in its
+# window when it has a limit (`store.rate_to_count`), and its usage is read
+# when it has a quota (`store.has_quota`). Returns {fields, -1 or ms to wait,
+# images that day or -1, cost units that month or -1}.
 _LOOKUP = (
     _TAKE_FUNCTION
     + """
 local fields = redis.call('HGETALL', KEYS[1])
 local record = {}
 for i = 1, #fields, 2 do record[fields[i]] = fields[i + 1] end
-local rpm = tonumber(record['rpm'] or '')
 local revoked = record['revoked']
-if rpm == nil or record['digest'] ~= ARGV[1] or (revoked ~= nil and revoked ~= '') then
-  return {fields, -1}
+if record['digest'] ~= ARGV[1] or (revoked ~= nil and revoked ~= '') then
+  return {fields, -1, -1, -1}
 end
-return {fields, take(KEYS[2], rpm, tonumber(ARGV[2]), ARGV[3])}
+local wait = -1
+local rpm = tonumber(record['rpm'] or '')
+if rpm ~= nil then wait = take(KEYS[2], rpm, tonumber(ARGV[2]), ARGV[3]) end
+if (record['images_per_day'] or '') == '' and (record['budget_units'] or '') == '' then
+  return {fields, wait, -1, -1}
+end
+return {
+  fields,
+  wait,
+  tonumber(redis.call('HGET', KEYS[3], 'images') or '0'),
+  tonumber(redis.call('HGET', KEYS[4], 'cost_units') or '0'),
+}
 """
 )
 
@@ -185,17 +205,27 @@ class RedisKeyStore:
         fields: dict[Any, Any] = await guarded(self.client.hgetall(self._key(key_id)))
         return _record(key_id, fields) if fields else None
 
-    async def lookup(self, key_id: str, digest: str) -> tuple[KeyRecord | None, float | None]:
-        fields, wait_ms = await guarded(
+    async def lookup(self, key_id: str, digest: str, day: str, month: str) -> Lookup:
+        fields, wait_ms, day_images, month_units = await guarded(
             self._lookup(
-                keys=[self._key(key_id), self._rate(key_id)],
+                keys=[
+                    self._key(key_id),
+                    self._rate(key_id),
+                    self._usage_key(key_id, day),
+                    self._usage_key(key_id, month),
+                ],
                 args=[digest, WINDOW_MS, secrets.token_hex(4)],
             )
         )
-        record = (
-            _record(key_id, dict(zip(fields[::2], fields[1::2], strict=True))) if fields else None
+        if not fields:
+            return Lookup(None)
+        record = _record(key_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+        usage = (
+            None
+            if int(day_images) < 0
+            else PeriodUsage(day, month, int(day_images), int(month_units))
         )
-        return record, None if int(wait_ms) < 0 else int(wait_ms) / 1000
+        return Lookup(record, None if int(wait_ms) < 0 else int(wait_ms) / 1000, usage)
 
     async def list(self) -> list[KeyRecord]:
         ids: set[Any] = await guarded(self.client.smembers(f"{self._prefix}keys"))

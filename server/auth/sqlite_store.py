@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from server.auth.keys import KeyRecord, Limits, Usage, from_units, to_units
-from server.auth.store import QuotaCheck, QuotaRefusal, StoreUnavailable, rate_to_count, refusal
+from server.auth.store import (
+    Lookup,
+    PeriodUsage,
+    QuotaCheck,
+    QuotaRefusal,
+    StoreUnavailable,
+    admits,
+    has_quota,
+    rate_to_count,
+    refusal,
+)
 
 T = TypeVar("T")
 WINDOW_S = 60.0
@@ -116,10 +126,18 @@ class SqliteKeyStore:
 
         return await self._run(work)
 
-    async def lookup(self, key_id: str, digest: str) -> tuple[KeyRecord | None, float | None]:
+    async def lookup(self, key_id: str, digest: str, day: str, month: str) -> Lookup:
         record = await self.get(key_id)
         per_minute = rate_to_count(record, digest)
-        return record, None if per_minute is None else await self.take_request(key_id, per_minute)
+        wait = None if per_minute is None else await self.take_request(key_id, per_minute)
+        if record is None or not admits(record, digest) or not has_quota(record):
+            return Lookup(record, wait)
+
+        def work(db: sqlite3.Connection) -> PeriodUsage:
+            images = _usage_row(db, key_id, day)[0]
+            return PeriodUsage(day, month, images, _usage_row(db, key_id, month)[1])
+
+        return Lookup(record, wait, await self._run(work))
 
     async def list(self) -> list[KeyRecord]:
         def work(db: sqlite3.Connection) -> list[KeyRecord]:

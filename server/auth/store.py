@@ -45,6 +45,34 @@ class QuotaCheck:
     budget_units: int | None
 
 
+@dataclass(frozen=True)
+class PeriodUsage:
+    """A key's counters in a UTC day and month, as one store step read them."""
+
+    day: str
+    month: str
+    day_images: int
+    month_units: int
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What `KeyStore.lookup` found: the key's record (None: unknown); the
+    wait when the call was not counted in the key's full window (None: counted,
+    or nothing to count); and for an admitted key with a quota (images per day
+    or a monthly budget), its usage in the periods asked for."""
+
+    record: KeyRecord | None
+    wait_s: float | None = None
+    usage: PeriodUsage | None = None
+
+
+def has_quota(record: KeyRecord) -> bool:
+    """Whether admitting a generation of `record`'s key reads its usage."""
+    limits = record.limits
+    return limits.images_per_day is not None or limits.monthly_budget is not None
+
+
 def refusal(check: QuotaCheck, *, day_images: int, month_units: int) -> QuotaRefusal | None:
     """The admission rule of every store: the request, at its worst case
     (every image it asks for produced), must fit both quotas."""
@@ -85,10 +113,12 @@ class KeyStore(Protocol):
         """Mark the key revoked at `at` (epoch seconds); False if there is no such key."""
         ...
 
-    async def lookup(self, key_id: str, digest: str) -> tuple[KeyRecord | None, float | None]:
-        """The key's record, and for a call that `rate_to_count` counts, one
-        request taken in the key's window as by `take_request`: the wait
-        when it had no room, else None (also when nothing was counted)."""
+    async def lookup(self, key_id: str, digest: str, day: str, month: str) -> Lookup:
+        """Everything a call's authentication reads (see `Lookup`): the key's
+        record; for a call that `rate_to_count` counts, one request taken in
+        the key's window as by `take_request`; and for an admitted key that
+        `has_quota`, its usage in `day` and `month`. Redis does it in one
+        round trip (one script), SQLite in one transaction per part."""
         ...
 
     async def take_request(self, key_id: str, per_minute: int) -> float | None:

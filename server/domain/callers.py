@@ -23,19 +23,35 @@ from decimal import Decimal
 
 
 @dataclass(frozen=True)
+class UsageSeen:
+    """A key's usage as its authentication read it, in the same store step
+    as the key: `images` in the UTC `day`, `cost` (USD) in the UTC `month`,
+    read at epoch second `at`. While fresh, it spares the quota check before
+    a generation a second read of the store (`server.auth.access.KeyLedger`).
+    """
+
+    at: float
+    day: str
+    month: str
+    images: int
+    cost: Decimal
+
+
+@dataclass(frozen=True)
 class Caller:
     """An authenticated API key, as the domain needs it.
 
     `key_id` is the key's public id (never the key itself); "" is the
     anonymous caller of a deployment without authentication. `models` are
     shell-style patterns (`azure/*`); empty allows every model. A limit of
-    None is no limit.
+    None is no limit. `usage` is the key's usage when it has a limit on it.
     """
 
     key_id: str
     models: tuple[str, ...] = ()
     images_per_day: int | None = None
     monthly_budget: Decimal | None = None
+    usage: UsageSeen | None = None
 
     @property
     def anonymous(self) -> bool:

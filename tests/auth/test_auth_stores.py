@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from redis.asyncio import BlockingConnectionPool
 
-from server.auth.access import Authenticator, KeyLedger
+from server.auth.access import USAGE_SEEN_FRESH_S, Authenticator, KeyLedger
 from server.auth.admin import create_key
 from server.auth.build import build_access
 from server.auth.keys import (
@@ -25,8 +25,8 @@ from server.auth.keys import (
 )
 from server.auth.redis_store import RedisKeyStore, connect
 from server.auth.sqlite_store import SqliteKeyStore
-from server.auth.store import KeyStore, QuotaCheck, QuotaRefusal
-from server.domain.callers import Caller
+from server.auth.store import KeyStore, Lookup, PeriodUsage, QuotaCheck, QuotaRefusal
+from server.domain.callers import Caller, UsageSeen
 from server.domain.errors import AuthUnavailable, InvalidApiKey, KeyRateLimited, QuotaExceeded
 from server.settings import Settings
 from tests.auth.redis_server import redis_server
@@ -152,20 +152,71 @@ async def test_authenticator(store: KeyStore) -> None:
     assert await store.take_request(forged.key_id, 1) is None
 
 
+DAY, MONTH = "2026-12-04", "2026-12"
+
+
 async def test_lookup_counts_only_admitted_keys(store: KeyStore) -> None:
     key, record = await create_key(store, "t", limits=Limits(requests_per_minute=2))
-    assert await store.lookup(record.key_id, digest_of(key)) == (record, None)
+    assert await store.lookup(record.key_id, digest_of(key), DAY, MONTH) == Lookup(record)
     # A wrong secret for the key's (public) id, and its revoked self, count nothing.
-    assert await store.lookup(record.key_id, "0" * 64) == (record, None)
-    assert await store.lookup("key_000000000000", digest_of(key)) == (None, None)
+    assert await store.lookup(record.key_id, "0" * 64, DAY, MONTH) == Lookup(record)
+    assert await store.lookup("key_000000000000", digest_of(key), DAY, MONTH) == Lookup(None)
     assert await store.take_request(record.key_id, 2) is None  # the second of two
-    found, wait = await store.lookup(record.key_id, digest_of(key))
-    assert found == record and wait is not None and 0 < wait <= 60
+    found = await store.lookup(record.key_id, digest_of(key), DAY, MONTH)
+    assert found.record == record and found.wait_s is not None and 0 < found.wait_s <= 60
     assert await store.revoke(record.key_id, 1)
-    revoked, wait = await store.lookup(record.key_id, digest_of(key))
-    assert revoked is not None and not revoked.active and wait is None
+    revoked = await store.lookup(record.key_id, digest_of(key), DAY, MONTH)
+    assert revoked.record is not None and not revoked.record.active and revoked.wait_s is None
     unlimited, _ = await create_key(store, "u")
-    assert (await store.lookup(key_id_of(unlimited), digest_of(unlimited)))[1] is None
+    assert (
+        await store.lookup(key_id_of(unlimited), digest_of(unlimited), DAY, MONTH)
+    ).wait_s is None
+
+
+async def test_lookup_reads_the_usage_of_admitted_keys_with_a_quota(store: KeyStore) -> None:
+    capped, record = await create_key(store, "c", limits=Limits(images_per_day=10))
+    await store.add_usage(record.key_id, DAY, MONTH, 3, 700)
+    await store.add_usage(record.key_id, "2026-12-03", MONTH, 2, 50)
+    found = await store.lookup(record.key_id, digest_of(capped), DAY, MONTH)
+    assert found.usage == PeriodUsage(DAY, MONTH, day_images=3, month_units=750)
+    # Another day's counters, and none yet: zero.
+    tomorrow = await store.lookup(record.key_id, digest_of(capped), "2026-12-05", "2027-01")
+    assert tomorrow.usage == PeriodUsage("2026-12-05", "2027-01", 0, 0)
+    # Not for a wrong secret, a revoked key or a key without a quota.
+    assert (await store.lookup(record.key_id, "0" * 64, DAY, MONTH)).usage is None
+    budgeted, budget_record = await create_key(
+        store, "b", limits=Limits(monthly_budget=Decimal("2"))
+    )
+    await store.add_usage(budget_record.key_id, DAY, MONTH, 1, 9)
+    assert (
+        await store.lookup(budget_record.key_id, digest_of(budgeted), DAY, MONTH)
+    ).usage == PeriodUsage(DAY, MONTH, 1, 9)
+    free, free_record = await create_key(store, "f")
+    await store.add_usage(free_record.key_id, DAY, MONTH, 1, 9)
+    assert (await store.lookup(free_record.key_id, digest_of(free), DAY, MONTH)).usage is None
+    assert await store.revoke(record.key_id, 1)
+    assert (await store.lookup(record.key_id, digest_of(capped), DAY, MONTH)).usage is None
+
+
+async def test_the_quota_check_uses_the_usage_read_with_the_key_while_fresh(
+    store: KeyStore,
+) -> None:
+    now = [1_796_342_400.0 + 3600]  # 2026-12-04T01:00Z
+    key, record = await create_key(store, "t", limits=Limits(images_per_day=4))
+    await store.add_usage(record.key_id, DAY, MONTH, 3, 0)
+    caller = await Authenticator(store, clock=lambda: now[0]).authenticate(f"Bearer {key}")
+    assert caller.usage == UsageSeen(now[0], DAY, MONTH, 3, Decimal(0))
+    # Counted elsewhere after the key was read: the fresh reading stands in
+    # for the store (one image left: 2 refused, 1 admitted).
+    await store.add_usage(record.key_id, DAY, MONTH, 1, 0)
+    ledger = KeyLedger(store, clock=lambda: now[0])
+    await ledger.admit(caller, 1, None)
+    with pytest.raises(QuotaExceeded):
+        await ledger.admit(caller, 2, None)
+    # Past USAGE_SEEN_FRESH_S the store is read again: no image left.
+    now[0] += USAGE_SEEN_FRESH_S + 0.5
+    with pytest.raises(QuotaExceeded):
+        await ledger.admit(caller, 1, None)
 
 
 async def test_ledger_refuses_over_quota_with_retry_after(store: KeyStore) -> None:
