@@ -16,9 +16,9 @@ Spans and propagation (W3C `traceparent`, the SDK default), hop by hop:
 the sidecar's ASGI server span accepts a caller's `traceparent`; its gRPC
 client span injects it into the call metadata; the gRPC server span
 extracts it; the backends' upstream calls are client spans that carry it
-on: the backends' httpx clients (FLUX, MAI, Wan; wrapped by
-`server.providers._shared.http.new_client` once this module has installed
-a provider), the grpc.aio channel of Vertex,
+on: the backends' httpx clients (FLUX, MAI, Wan: spans of the service's own,
+`server.providers._shared.http_spans`, added by `http.new_client` once
+this module has installed a provider), the grpc.aio channel of Vertex,
 botocore for Bedrock and R2 (which sends AWS's own `X-Amzn-Trace-Id`).
 """
 

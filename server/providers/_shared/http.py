@@ -144,9 +144,9 @@ def new_client(
 
 
 def _traced(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
-    """`transport` inside OpenTelemetry's httpx instrumentation (a client span
-    per upstream call, `traceparent` sent on) when this process has a tracer
-    provider, else unchanged, so that with tracing off no span code runs.
+    """`transport` with a client span per upstream call (`http_spans`) when
+    this process has a tracer provider, else unchanged, so that with tracing
+    off no span code runs.
 
     `server.observability.tracing` installs the provider before any backend
     is built. The plumbing asks the OpenTelemetry API (the part made for
@@ -157,9 +157,9 @@ def _traced(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider):
         return transport
-    from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
+    from server.providers._shared.http_spans import SpanningTransport
 
-    return AsyncOpenTelemetryTransport(transport, tracer_provider=provider)
+    return SpanningTransport(transport, provider.get_tracer(__name__))
 
 
 def owned_client(
