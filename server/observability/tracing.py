@@ -15,7 +15,7 @@ protobuf), `OTEL_BSP_*`.
 Spans and propagation (W3C `traceparent`, the SDK default), hop by hop:
 the sidecar's ASGI server span accepts a caller's `traceparent`; its gRPC
 client span injects it into the call metadata; the gRPC server span
-extracts it; the backends' upstream calls are client spans that carry it
+(`server.rpc.observing`, from `server_tracer`) extracts it; the backends' upstream calls are client spans that carry it
 on: the backends' httpx clients (FLUX, MAI, Wan: spans of the service's own,
 `server.providers._shared.http_spans`, added by `http.new_client` once
 this module has installed a provider), the grpc.aio channel of Vertex,
@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 _ON_BY_ENDPOINT = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
@@ -55,7 +58,7 @@ def setup_tracing(default_service_name: str, environ: Mapping[str, str] = os.env
 
     Call once per process, before building channels, HTTP sessions and
     boto3 clients (the instrumentations hook their construction). Servers
-    and the sidecar app add their own span interceptor/middleware when
+    and the sidecar app add their own spans (`server_tracer`, `asgi_traced`) when
     `active()`.
     """
     global _provider
@@ -97,13 +100,13 @@ def shutdown_tracing() -> None:
         _provider.shutdown()
 
 
-def grpc_server_interceptors() -> list[Any]:
-    """The OTel gRPC server interceptor when tracing is on, else none."""
-    if not active():
-        return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
-
-    return [aio_server_interceptor(tracer_provider=_provider)]  # type: ignore[no-untyped-call]
+def server_tracer() -> Tracer | None:
+    """The tracer of the gRPC server's own spans (`rpc.observing`) when
+    tracing is on, else None."""
+    if _provider is None:
+        return None
+    tracer: Tracer = _provider.get_tracer("server.rpc")
+    return tracer
 
 
 def asgi_traced(app: ASGIApp) -> ASGIApp:

@@ -1,0 +1,151 @@
+"""The gRPC server's own SERVER spans (`ObservingInterceptor` with a tracer),
+on a real grpc.aio server over a real socket: one span per call, continuing
+the caller's `traceparent`, current while the handler runs (unary and
+streaming), marked with the status; none for health checks. The trace
+through every hop is tests/observability/test_traces.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from chuizi.image.v1 import image_service_pb2 as pb
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from server.rpc.observing import ObservingInterceptor
+
+SERVICE = "chuizi.image.v1.ImageService"
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+
+
+@pytest.fixture
+def exported() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    yield exporter
+    exporter.shutdown()
+
+
+@pytest.fixture
+async def channel(exported: InMemorySpanExporter) -> AsyncIterator[grpc.aio.Channel]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    tracer = provider.get_tracer("test")
+
+    async def list_models(request: Any, context: Any) -> pb.ListModelsResponse:
+        with tracer.start_as_current_span("inside unary"):
+            return pb.ListModelsResponse()
+
+    async def get_generation(request: Any, context: Any) -> pb.Generation:
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such generation")
+        raise AssertionError("abort returns no further")
+
+    async def stream_generate(request: Any, context: Any) -> AsyncIterator[Any]:
+        yield pb.StreamGenerateResponse(image=pb.Image())
+        with tracer.start_as_current_span("inside stream"):
+            yield pb.StreamGenerateResponse(generation=pb.Generation())
+
+    handlers = {
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            list_models,
+            request_deserializer=pb.ListModelsRequest.FromString,
+            response_serializer=pb.ListModelsResponse.SerializeToString,
+        ),
+        "GetGeneration": grpc.unary_unary_rpc_method_handler(
+            get_generation,
+            request_deserializer=pb.GetGenerationRequest.FromString,
+            response_serializer=pb.Generation.SerializeToString,
+        ),
+        "StreamGenerate": grpc.unary_stream_rpc_method_handler(
+            stream_generate,
+            request_deserializer=pb.GenerateRequest.FromString,
+            response_serializer=pb.StreamGenerateResponse.SerializeToString,
+        ),
+    }
+    server = grpc.aio.server(interceptors=[ObservingInterceptor(None, tracer)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as opened:
+        yield opened
+    await server.stop(None)
+
+
+def spans(exported: InMemorySpanExporter, kind: trace.SpanKind) -> list[ReadableSpan]:
+    return [s for s in exported.get_finished_spans() if s.kind is kind]
+
+
+async def test_a_call_is_a_server_span_in_the_callers_trace(
+    channel: grpc.aio.Channel, exported: InMemorySpanExporter
+) -> None:
+    call = channel.unary_unary(
+        f"/{SERVICE}/ListModels",
+        request_serializer=pb.ListModelsRequest.SerializeToString,
+        response_deserializer=pb.ListModelsResponse.FromString,
+    )
+    await call(pb.ListModelsRequest(), metadata=(("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),))
+    (server,) = spans(exported, trace.SpanKind.SERVER)
+    assert server.name == f"/{SERVICE}/ListModels"
+    assert dict(server.attributes or {}) == {
+        "rpc.system": "grpc",
+        "rpc.service": SERVICE,
+        "rpc.method": "ListModels",
+        "rpc.grpc.status_code": 0,
+    }
+    assert server.status.status_code is trace.StatusCode.UNSET
+    assert server.context is not None and server.parent is not None
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+    assert f"{server.parent.span_id:016x}" == PARENT_ID
+    (inside,) = spans(exported, trace.SpanKind.INTERNAL)
+    assert inside.parent is not None and inside.parent.span_id == server.context.span_id
+
+
+async def test_a_failed_call_marks_its_span(
+    channel: grpc.aio.Channel, exported: InMemorySpanExporter
+) -> None:
+    call = channel.unary_unary(
+        f"/{SERVICE}/GetGeneration",
+        request_serializer=pb.GetGenerationRequest.SerializeToString,
+        response_deserializer=pb.Generation.FromString,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await call(pb.GetGenerationRequest(generation_id="gen_x"))
+    assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+    (server,) = spans(exported, trace.SpanKind.SERVER)
+    assert server.status.status_code is trace.StatusCode.ERROR
+    assert server.status.description == "NOT_FOUND"
+    assert (server.attributes or {})["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert server.parent is None  # no traceparent: a trace of its own
+
+
+async def test_a_stream_keeps_its_span_current_between_messages(
+    channel: grpc.aio.Channel, exported: InMemorySpanExporter
+) -> None:
+    call = channel.unary_stream(
+        f"/{SERVICE}/StreamGenerate",
+        request_serializer=pb.GenerateRequest.SerializeToString,
+        response_deserializer=pb.StreamGenerateResponse.FromString,
+    )
+    messages = [m async for m in call(pb.GenerateRequest())]
+    assert len(messages) == 2
+    (server,) = spans(exported, trace.SpanKind.SERVER)
+    assert server.name == f"/{SERVICE}/StreamGenerate"
+    (inside,) = spans(exported, trace.SpanKind.INTERNAL)
+    assert server.context is not None and inside.parent is not None
+    assert inside.parent.span_id == server.context.span_id
+
+
+async def test_health_checks_make_no_spans(
+    channel: grpc.aio.Channel, exported: InMemorySpanExporter
+) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    answer = await stub.Check(health_pb2.HealthCheckRequest())
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert exported.get_finished_spans() == ()
