@@ -15,11 +15,12 @@ protobuf), `OTEL_BSP_*`.
 Spans and propagation (W3C `traceparent`, the SDK default), hop by hop:
 the sidecar's ASGI server span accepts a caller's `traceparent`; its gRPC
 client span injects it into the call metadata; the gRPC server span
-(`server.rpc.observing`, from `server_tracer`) extracts it; the backends' upstream calls are client spans that carry it
-on: the backends' httpx clients (FLUX, MAI, Wan: spans of the service's own,
-`server.providers._shared.http_spans`, added by `http.new_client` once
-this module has installed a provider), the grpc.aio channel of Vertex,
-botocore for Bedrock and R2 (which sends AWS's own `X-Amzn-Trace-Id`).
+(`server.rpc.observing`, with `server_tracer`) extracts it; the backends'
+upstream calls are client spans that carry it on: the backends' httpx
+clients (FLUX, MAI, Wan: the service's own spans,
+`server.providers._shared.http_spans`, added by `http.new_client` once this
+module has installed a provider), the grpc.aio channel of Vertex, botocore
+for Bedrock and R2 (which sends AWS's own `X-Amzn-Trace-Id`).
 """
 
 from __future__ import annotations
