@@ -116,8 +116,14 @@ def asgi_traced(app: ASGIApp) -> ASGIApp:
         return app
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    # Probes and scrapes would be most of the spans and say nothing.
+    # Probes and scrapes would be most of the spans and say nothing. So do
+    # the INTERNAL `http send` / `http receive` spans the middleware makes
+    # per ASGI message (three or more a request), and they were half its
+    # CPU: ~200 -> ~100 µs a request without them (BENCHMARKS.md, round 6).
     traced: ASGIApp = OpenTelemetryMiddleware(
-        app, excluded_urls="/healthz,/readyz,/metrics", tracer_provider=_provider
+        app,
+        excluded_urls="/healthz,/readyz,/metrics",
+        tracer_provider=_provider,
+        exclude_spans=["receive", "send"],
     )
     return traced

@@ -20,9 +20,10 @@ For every unary and server-streaming RPC it:
   the call fails). Health checks get none either.
 
 The span was OpenTelemetry's grpc.aio server interceptor's until round 6
-of BENCHMARKS.md: a second interceptor around every call, costing 100-170
-µs of CPU a call where this one costs about a third of that; the call's
-status is known here anyway.
+of BENCHMARKS.md, a second interceptor around every call. On an echo
+server this one adds a little less (median +130 µs of CPU a call against
++170, five interleaved rounds; the span itself is 31 µs, the rest is the
+batch exporter's hand-off), and the call's status is known here anyway.
 """
 
 from __future__ import annotations

@@ -205,3 +205,7 @@ async def test_one_rest_request_is_one_trace_through_every_hop(
             assert hops[-1] == ("image-service-rest", SERVER), (model, hops)
         grpc_server = [s for s in trace if s.service == "image-service" and s.kind == SERVER]
         assert [s.name for s in grpc_server] == ["/chuizi.image.v1.ImageService/Generate"], model
+        # The sidecar's spans are its HTTP server span and its gRPC client
+        # span: no per-message `http send` / `http receive` spans.
+        sidecar = sorted(s.kind for s in trace if s.service == "image-service-rest")
+        assert sidecar == sorted([SERVER, CLIENT]), (model, sidecar)

@@ -12,10 +12,10 @@ an answer, sets the span's status to ERROR and `error.type` (the status
 code, or the exception's class name). No header, body or exception message
 is recorded: they can carry prompts, images or upstream text.
 
-OpenTelemetry's httpx instrumentation did this before, at about four times
-the CPU: it parses every request's URL twice and normalises every request
-and response header even when none is captured, ~170 µs a call against
-~40 µs here (BENCHMARKS.md, round 6). Only the OpenTelemetry API (and its
+OpenTelemetry's httpx instrumentation did this before, at about three
+times the CPU: it parses every request's URL twice and normalises every
+request and response header even when none is captured, about +190 µs a
+request against +60 µs here (BENCHMARKS.md, round 6). Only the OpenTelemetry API (and its
 URL redaction helper) is used, the part meant for libraries to call.
 """
 
