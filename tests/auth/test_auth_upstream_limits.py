@@ -19,7 +19,7 @@ from server.domain.errors import RateLimited
 from server.domain.ports import ImageBackend, ProducedImage, UpstreamCall, UpstreamResult
 from server.domain.requests import Size
 from server.providers._shared.limits import limited
-from server.providers._shared.shared_limits import Outcome, Start
+from server.providers._shared.shared_limits import Outcome, SharedLimitedBackend, Start
 from tests.auth.redis_server import RedisServer, redis_server
 
 FLUX = Catalogue.load().get("azure/flux-kontext-pro")
@@ -186,5 +186,38 @@ async def test_a_limit_not_set_takes_nothing(slots: RedisUpstreamSlots, redis: R
     client = connect(redis.url)
     try:
         assert await client.exists("t:upstream:running:m", "t:upstream:rate:n") == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_running_call_keeps_renewing_its_slot_and_gives_it_back(
+    redis: RedisServer,
+) -> None:
+    client = connect(redis.url)
+    inner = Gated()
+    backend = SharedLimitedBackend(
+        inner,
+        RedisUpstreamSlots(client),
+        fallback=inner,
+        key="azure_flux",
+        max_concurrent=1,
+        slot_ttl_s=0.6,  # renewed every 0.2 s
+    )
+    running = f"ck:upstream:running:azure_flux:{FLUX.name}"
+    try:
+        holding = asyncio.ensure_future(backend.run(call(), Deadline.after(30)))
+        await inner.started.wait()
+        ((_, first_expiry),) = await client.zrange(running, 0, -1, withscores=True)
+        # The lease's expiry moves on while the call runs (polled: a busy
+        # loop may renew late, never not at all).
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            ((_, expiry),) = await client.zrange(running, 0, -1, withscores=True)
+            if expiry > first_expiry + 300:  # ms
+                break
+        assert expiry > first_expiry + 300
+        inner.release.set()
+        await holding
+        assert await client.zcard(running) == 0
     finally:
         await client.aclose()

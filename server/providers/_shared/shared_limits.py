@@ -137,15 +137,16 @@ class SharedLimitedBackend:
             start = await self._start(name, call, deadline)
         except _Unshared:
             return await self.fallback.run(call, deadline)
-        slot = start.slot
-        keeper = None if slot is None else asyncio.create_task(self._keep(name, slot))
+        lease = (
+            None if start.slot is None else _Lease(self._slots, name, start.slot, self._slot_ttl_s)
+        )
         try:
             if start.wait_s > 0:
                 await self._wait_for_turn(name, start)
             return await self.inner.run(call, deadline)
         finally:
-            if keeper is not None and slot is not None:
-                await self._release(name, keeper, slot)
+            if lease is not None:
+                await lease.release()
 
     async def _start(self, name: str, call: UpstreamCall, deadline: Deadline) -> Start:
         queued = time.monotonic()
@@ -203,25 +204,48 @@ class SharedLimitedBackend:
                     await self._slots.cancel_start(name, start.turn)
             raise
 
-    async def _keep(self, name: str, token: str) -> None:
-        while True:
-            await asyncio.sleep(self._slot_ttl_s / 3)
-            try:
-                await self._slots.renew(name, token, self._slot_ttl_s)
-            except ConnectionError as error:
-                log.warning("%s: slot lease not renewed (%s)", name, error)
-
-    async def _release(self, name: str, keeper: asyncio.Task[None], token: str) -> None:
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
-        try:
-            await self._slots.release(name, token)
-        except ConnectionError as error:
-            log.warning("%s: slot not released (%s); its lease expires", name, error)
-
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class _Lease:
+    """A held slot: renewed every third of its lease while the call runs,
+    given back after it.
+
+    A timer, not a task, waits for each renewal: most calls end before the
+    first one is due, and a task per call (started, cancelled, awaited) was
+    measurable work on every call.
+    """
+
+    def __init__(self, slots: SharedSlots, name: str, token: str, ttl_s: float) -> None:
+        self._slots = slots
+        self._name = name
+        self._token = token
+        self._ttl_s = ttl_s
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(ttl_s / 3, self._due)
+        self._renewing: asyncio.Task[None] | None = None
+
+    def _due(self) -> None:
+        self._renewing = self._loop.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        try:
+            await self._slots.renew(self._name, self._token, self._ttl_s)
+        except ConnectionError as error:
+            log.warning("%s: slot lease not renewed (%s)", self._name, error)
+        self._timer = self._loop.call_later(self._ttl_s / 3, self._due)
+
+    async def release(self) -> None:
+        self._timer.cancel()
+        if self._renewing is not None and not self._renewing.done():
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+        try:
+            await self._slots.release(self._name, self._token)
+        except ConnectionError as error:
+            log.warning("%s: slot not released (%s); its lease expires", self._name, error)
 
 
 class _Unshared(Exception):
