@@ -133,14 +133,20 @@ async def test_redis_down_falls_back_to_per_process_limits(
 
 
 @pytest.fixture
-async def slots(redis: RedisServer) -> AsyncIterator[RedisUpstreamSlots]:
-    client = connect(redis.url)
-    yield RedisUpstreamSlots(client, prefix="t:")
-    await client.aclose()
+async def client(redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test's redis-server, to take slots and look at them."""
+    opened = connect(redis.url)
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture
+def slots(client: aioredis.Redis) -> RedisUpstreamSlots:
+    return RedisUpstreamSlots(client, prefix="t:")
 
 
 async def test_a_start_refused_its_turn_takes_no_slot(
-    slots: RedisUpstreamSlots, redis: RedisServer
+    slots: RedisUpstreamSlots, client: aioredis.Redis
 ) -> None:
     limits = {"max_concurrent": 1, "slot_ttl_s": 30.0, "per_minute": 1, "window_s": 60.0}
     first = await slots.try_start("m", **limits, max_wait_s=5.0)
@@ -150,31 +156,25 @@ async def test_a_start_refused_its_turn_takes_no_slot(
     late = await slots.try_start("m", **limits, max_wait_s=5.0)
     assert late.outcome is Outcome.LATE and 55 < late.wait_s <= 60
     assert (late.slot, late.turn) == (None, None)
-    client = connect(redis.url)
-    try:
-        assert await client.zcard("t:upstream:running:m") == 0
-        assert await client.zcard("t:upstream:rate:m") == 1
-    finally:
-        await client.aclose()
+    assert await client.zcard("t:upstream:running:m") == 0
+    assert await client.zcard("t:upstream:rate:m") == 1
 
 
 async def test_a_start_that_finds_no_slot_reserves_no_turn(
-    slots: RedisUpstreamSlots, redis: RedisServer
+    slots: RedisUpstreamSlots, client: aioredis.Redis
 ) -> None:
     limits = {"max_concurrent": 1, "slot_ttl_s": 30.0, "per_minute": 10, "window_s": 60.0}
     first = await slots.try_start("m", **limits, max_wait_s=None)
     assert first.outcome is Outcome.STARTED
     busy = await slots.try_start("m", **limits, max_wait_s=None)
     assert busy == Start(Outcome.BUSY)
-    client = connect(redis.url)
-    try:
-        assert await client.zcard("t:upstream:rate:m") == 1
-        assert await client.zcard("t:upstream:running:m") == 1
-    finally:
-        await client.aclose()
+    assert await client.zcard("t:upstream:rate:m") == 1
+    assert await client.zcard("t:upstream:running:m") == 1
 
 
-async def test_a_limit_not_set_takes_nothing(slots: RedisUpstreamSlots, redis: RedisServer) -> None:
+async def test_a_limit_not_set_takes_nothing(
+    slots: RedisUpstreamSlots, client: aioredis.Redis
+) -> None:
     only_rate = await slots.try_start(
         "m", max_concurrent=None, slot_ttl_s=30.0, per_minute=5, window_s=60.0, max_wait_s=None
     )
@@ -183,17 +183,12 @@ async def test_a_limit_not_set_takes_nothing(slots: RedisUpstreamSlots, redis: R
         "n", max_concurrent=2, slot_ttl_s=30.0, per_minute=None, window_s=60.0, max_wait_s=None
     )
     assert only_slots.outcome is Outcome.STARTED and only_slots.slot and only_slots.turn is None
-    client = connect(redis.url)
-    try:
-        assert await client.exists("t:upstream:running:m", "t:upstream:rate:n") == 0
-    finally:
-        await client.aclose()
+    assert await client.exists("t:upstream:running:m", "t:upstream:rate:n") == 0
 
 
 async def test_a_running_call_keeps_renewing_its_slot_and_gives_it_back(
-    redis: RedisServer,
+    client: aioredis.Redis,
 ) -> None:
-    client = connect(redis.url)
     inner = Gated()
     backend = SharedLimitedBackend(
         inner,
@@ -204,20 +199,17 @@ async def test_a_running_call_keeps_renewing_its_slot_and_gives_it_back(
         slot_ttl_s=0.6,  # renewed every 0.2 s
     )
     running = f"ck:upstream:running:azure_flux:{FLUX.name}"
-    try:
-        holding = asyncio.ensure_future(backend.run(call(), Deadline.after(30)))
-        await inner.started.wait()
-        ((_, first_expiry),) = await client.zrange(running, 0, -1, withscores=True)
-        # The lease's expiry moves on while the call runs (polled: a busy
-        # loop may renew late, never not at all).
-        for _ in range(100):
-            await asyncio.sleep(0.1)
-            ((_, expiry),) = await client.zrange(running, 0, -1, withscores=True)
-            if expiry > first_expiry + 300:  # ms
-                break
-        assert expiry > first_expiry + 300
-        inner.release.set()
-        await holding
-        assert await client.zcard(running) == 0
-    finally:
-        await client.aclose()
+    holding = asyncio.ensure_future(backend.run(call(), Deadline.after(30)))
+    await inner.started.wait()
+    ((_, first_expiry),) = await client.zrange(running, 0, -1, withscores=True)
+    # The lease's expiry moves on while the call runs (polled: a busy loop
+    # may renew late, never not at all).
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        ((_, expiry),) = await client.zrange(running, 0, -1, withscores=True)
+        if expiry > first_expiry + 300:  # ms
+            break
+    assert expiry > first_expiry + 300
+    inner.release.set()
+    await holding
+    assert await client.zcard(running) == 0

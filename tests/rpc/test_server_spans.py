@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from chuizi.image.v1 import image_service_pb2 as pb
+from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -38,38 +39,22 @@ async def channel(exported: InMemorySpanExporter) -> AsyncIterator[grpc.aio.Chan
     provider.add_span_processor(SimpleSpanProcessor(exported))
     tracer = provider.get_tracer("test")
 
-    async def list_models(request: Any, context: Any) -> pb.ListModelsResponse:
-        with tracer.start_as_current_span("inside unary"):
-            return pb.ListModelsResponse()
+    class Service(pb_grpc.ImageServiceServicer):
+        async def ListModels(self, request: Any, context: Any) -> pb.ListModelsResponse:
+            with tracer.start_as_current_span("inside unary"):
+                return pb.ListModelsResponse()
 
-    async def get_generation(request: Any, context: Any) -> pb.Generation:
-        await context.abort(grpc.StatusCode.NOT_FOUND, "no such generation")
-        raise AssertionError("abort returns no further")
+        async def GetGeneration(self, request: Any, context: Any) -> pb.Generation:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such generation")
+            raise AssertionError("abort returns no further")
 
-    async def stream_generate(request: Any, context: Any) -> AsyncIterator[Any]:
-        yield pb.StreamGenerateResponse(image=pb.Image())
-        with tracer.start_as_current_span("inside stream"):
-            yield pb.StreamGenerateResponse(generation=pb.Generation())
+        async def StreamGenerate(self, request: Any, context: Any) -> AsyncIterator[Any]:
+            yield pb.StreamGenerateResponse(image=pb.Image())
+            with tracer.start_as_current_span("inside stream"):
+                yield pb.StreamGenerateResponse(generation=pb.Generation())
 
-    handlers = {
-        "ListModels": grpc.unary_unary_rpc_method_handler(
-            list_models,
-            request_deserializer=pb.ListModelsRequest.FromString,
-            response_serializer=pb.ListModelsResponse.SerializeToString,
-        ),
-        "GetGeneration": grpc.unary_unary_rpc_method_handler(
-            get_generation,
-            request_deserializer=pb.GetGenerationRequest.FromString,
-            response_serializer=pb.Generation.SerializeToString,
-        ),
-        "StreamGenerate": grpc.unary_stream_rpc_method_handler(
-            stream_generate,
-            request_deserializer=pb.GenerateRequest.FromString,
-            response_serializer=pb.StreamGenerateResponse.SerializeToString,
-        ),
-    }
     server = grpc.aio.server(interceptors=[ObservingInterceptor(None, tracer)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    pb_grpc.add_ImageServiceServicer_to_server(Service(), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -78,19 +63,20 @@ async def channel(exported: InMemorySpanExporter) -> AsyncIterator[grpc.aio.Chan
     await server.stop(None)
 
 
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.ImageServiceStub:
+    return pb_grpc.ImageServiceStub(channel)
+
+
 def spans(exported: InMemorySpanExporter, kind: trace.SpanKind) -> list[ReadableSpan]:
     return [s for s in exported.get_finished_spans() if s.kind is kind]
 
 
 async def test_a_call_is_a_server_span_in_the_callers_trace(
-    channel: grpc.aio.Channel, exported: InMemorySpanExporter
+    stub: pb_grpc.ImageServiceStub, exported: InMemorySpanExporter
 ) -> None:
-    call = channel.unary_unary(
-        f"/{SERVICE}/ListModels",
-        request_serializer=pb.ListModelsRequest.SerializeToString,
-        response_deserializer=pb.ListModelsResponse.FromString,
-    )
-    await call(pb.ListModelsRequest(), metadata=(("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),))
+    traceparent = ("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")
+    await stub.ListModels(pb.ListModelsRequest(), metadata=(traceparent,))
     (server,) = spans(exported, trace.SpanKind.SERVER)
     assert server.name == f"/{SERVICE}/ListModels"
     assert dict(server.attributes or {}) == {
@@ -108,15 +94,10 @@ async def test_a_call_is_a_server_span_in_the_callers_trace(
 
 
 async def test_a_failed_call_marks_its_span(
-    channel: grpc.aio.Channel, exported: InMemorySpanExporter
+    stub: pb_grpc.ImageServiceStub, exported: InMemorySpanExporter
 ) -> None:
-    call = channel.unary_unary(
-        f"/{SERVICE}/GetGeneration",
-        request_serializer=pb.GetGenerationRequest.SerializeToString,
-        response_deserializer=pb.Generation.FromString,
-    )
     with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await call(pb.GetGenerationRequest(generation_id="gen_x"))
+        await stub.GetGeneration(pb.GetGenerationRequest(generation_id="gen_x"))
     assert failed.value.code() is grpc.StatusCode.NOT_FOUND
     (server,) = spans(exported, trace.SpanKind.SERVER)
     assert server.status.status_code is trace.StatusCode.ERROR
@@ -126,14 +107,9 @@ async def test_a_failed_call_marks_its_span(
 
 
 async def test_a_stream_keeps_its_span_current_between_messages(
-    channel: grpc.aio.Channel, exported: InMemorySpanExporter
+    stub: pb_grpc.ImageServiceStub, exported: InMemorySpanExporter
 ) -> None:
-    call = channel.unary_stream(
-        f"/{SERVICE}/StreamGenerate",
-        request_serializer=pb.GenerateRequest.SerializeToString,
-        response_deserializer=pb.StreamGenerateResponse.FromString,
-    )
-    messages = [m async for m in call(pb.GenerateRequest())]
+    messages = [m async for m in stub.StreamGenerate(pb.GenerateRequest())]
     assert len(messages) == 2
     (server,) = spans(exported, trace.SpanKind.SERVER)
     assert server.name == f"/{SERVICE}/StreamGenerate"
