@@ -48,6 +48,7 @@ async def run_rest(args: argparse.Namespace) -> int:
     from server.rest import create_app, open_channel
     from server.rest.drain import Drain
     from server.settings import Settings
+    from server.startup_heap import freeze_startup_objects
 
     overrides: dict[str, Any] = {}
     for flag, field in (
@@ -71,6 +72,7 @@ async def run_rest(args: argparse.Namespace) -> int:
         graceful_shutdown_s=_ABORT_MARGIN_S,
     )
     await server.start()
+    freeze_startup_objects()
     print(
         f"image-service REST sidecar on {server.base_url} -> gRPC {settings.rest_upstream}",
         flush=True,

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from server.allocator import keep_freed_buffers
+from server.startup_heap import freeze_startup_objects
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,6 +90,7 @@ async def _serve(args: argparse.Namespace) -> int:
     keep_freed_buffers()
     service = await create_grpc_service(settings)
     await service.start()
+    freeze_startup_objects()
     print(
         f"image-service serving gRPC on {host_port(settings.grpc_host, service.port)}", flush=True
     )
