@@ -6,6 +6,7 @@ through every hop is tests/observability/test_traces.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from chuizi.image.v1 import image_service_pb2 as pb
 from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -33,10 +34,33 @@ def exported() -> Iterator[InMemorySpanExporter]:
     exporter.shutdown()
 
 
+class ServerSpanEnded(SpanProcessor):
+    """Set once a SERVER span has ended.
+
+    grpc.aio's `context.abort` sends the status before it raises through
+    the interceptor that ends the span, so a caller can hold a failed
+    status before the server (on the test's event loop) has unwound."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.kind is trace.SpanKind.SERVER:
+            self.event.set()
+
+
 @pytest.fixture
-async def channel(exported: InMemorySpanExporter) -> AsyncIterator[grpc.aio.Channel]:
+def server_span_ended() -> ServerSpanEnded:
+    return ServerSpanEnded()
+
+
+@pytest.fixture
+async def channel(
+    exported: InMemorySpanExporter, server_span_ended: ServerSpanEnded
+) -> AsyncIterator[grpc.aio.Channel]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exported))
+    provider.add_span_processor(server_span_ended)
     tracer = provider.get_tracer("test")
 
     class Service(pb_grpc.ImageServiceServicer):
@@ -94,11 +118,15 @@ async def test_a_call_is_a_server_span_in_the_callers_trace(
 
 
 async def test_a_failed_call_marks_its_span(
-    stub: pb_grpc.ImageServiceStub, exported: InMemorySpanExporter
+    stub: pb_grpc.ImageServiceStub,
+    exported: InMemorySpanExporter,
+    server_span_ended: ServerSpanEnded,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await stub.GetGeneration(pb.GetGenerationRequest(generation_id="gen_x"))
     assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+    async with asyncio.timeout(10):
+        await server_span_ended.event.wait()
     (server,) = spans(exported, trace.SpanKind.SERVER)
     assert server.status.status_code is trace.StatusCode.ERROR
     assert server.status.description == "NOT_FOUND"
