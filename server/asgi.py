@@ -124,6 +124,12 @@ class AsgiServer:
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self._app,
+            # h11, named rather than uvicorn's "auto", which switches to
+            # httptools whenever that is importable. uvicorn's httptools
+            # protocol reads a request's header section with no size
+            # limit (a 200 MB header line was read into memory); h11
+            # refuses more than 16 KiB (BENCHMARKS.md, round 7).
+            http="h11",
             lifespan="off",
             ws="none",
             # No log_config/log_level/access_log here: each of those

@@ -1,4 +1,5 @@
-"""`AsgiServer`'s listening socket: TCP_NODELAY on every connection, a deep backlog."""
+"""`AsgiServer`'s listening socket: TCP_NODELAY on every connection, a deep
+backlog; and its HTTP protocol's bound on a request's header section."""
 
 from __future__ import annotations
 
@@ -68,3 +69,37 @@ async def test_the_default_bind_address_serves_ipv4_and_ipv6() -> None:
     finally:
         await server.stop()
     assert answers == [b"hello", b"hello"]
+
+
+async def test_an_endless_header_section_is_refused_not_read_into_memory() -> None:
+    """A client that never ends its headers is cut off after a few KiB,
+    whatever HTTP parser uvicorn could pick up from the environment."""
+
+    async def hello(request: Request) -> Response:
+        return PlainTextResponse("hello")
+
+    server = AsgiServer(Starlette(routes=[Route("/", hello)]))
+    await server.start()
+    sent = 0
+    answer = b""
+    try:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(f"GET / HTTP/1.1\r\nHost: {server.host}\r\nX-Endless: ".encode())
+        chunk = b"a" * (64 * 1024)
+        try:
+            async with asyncio.timeout(10):
+                # Up to 64 MiB; the server closes long before.
+                while sent < 1024 and not reader.at_eof():
+                    writer.write(chunk)
+                    await writer.drain()
+                    sent += 1
+                answer = await reader.read(100)
+        except (ConnectionError, TimeoutError):
+            pass
+        writer.close()
+    finally:
+        await server.stop()
+    # Refused: an error status or a reset, after a few chunks at most (the
+    # socket buffers hold some before the server's refusal is seen).
+    assert sent < 1024
+    assert answer == b"" or answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")), answer
