@@ -172,6 +172,21 @@ async def test_a_start_that_finds_no_slot_reserves_no_turn(
     assert await client.zcard("t:upstream:running:m") == 1
 
 
+async def test_a_cancelled_turn_is_given_back_to_the_next_caller(
+    slots: RedisUpstreamSlots, client: aioredis.Redis
+) -> None:
+    limits = {"max_concurrent": None, "slot_ttl_s": 30.0, "per_minute": 1, "window_s": 60.0}
+    await slots.try_start("m", **limits, max_wait_s=None)
+    queued = await slots.try_start("m", **limits, max_wait_s=None)
+    assert queued.outcome is Outcome.STARTED and queued.turn and 55 < queued.wait_s <= 60
+    # The queued call gave up (cancelled while waiting for its turn).
+    await slots.cancel_start("m", queued.turn)
+    assert await client.zcard("t:upstream:rate:m") == 1
+    # So the next caller gets that turn, not the one after it.
+    after = await slots.try_start("m", **limits, max_wait_s=None)
+    assert 55 < after.wait_s <= 60
+
+
 async def test_a_limit_not_set_takes_nothing(
     slots: RedisUpstreamSlots, client: aioredis.Redis
 ) -> None:
