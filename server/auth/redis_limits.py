@@ -11,10 +11,10 @@ Per upstream model (`name`, `<backend>:<model>`):
   when their lease runs out; expired ones (a replica that died) are dropped
   before counting.
 
-A call takes both in one script (`_START`), or neither.
-Every script is atomic on the Redis server; Redis failures become
-`StoreUnavailable`, a `ConnectionError`, on which `SharedLimitedBackend` falls back to per-process
-limits.
+A call takes both in one script (`_START`), or neither. Every script is
+atomic on the Redis server; Redis failures become `StoreUnavailable`, a
+`ConnectionError`, on which `SharedLimitedBackend` falls back to
+per-process limits.
 """
 
 from __future__ import annotations
