@@ -44,7 +44,7 @@ from server.domain.events import GenerationDone, ImageReady, StreamEvent
 from server.domain.generation import Generation
 from server.domain.generation_ids import check_generation_id
 from server.domain.idempotency import RequestLocks, fingerprint
-from server.domain.imaging import EXTENSION_BY_MIME, convert, inspect, sniff_mime_type
+from server.domain.imaging import EXTENSION_BY_MIME, convert, measure, sniff_mime_type
 from server.domain.output_options import OutputPlan, UnsupportedPolicy, plan_output
 from server.domain.ports import (
     BlobStore,
@@ -384,9 +384,8 @@ class Orchestrator:
             else:
                 image = replace(image, data=converted, mime_type=plan.mime_type)
         try:
-            # Off the loop like every Pillow call: a header read is cheap, but
-            # PNG text and ICC chunks are decompressed on the way to it.
-            info = await asyncio.to_thread(inspect, image.data)
+            # On the loop: the header alone, nothing decompressed.
+            info = measure(image.data)
             mime, width, height = info.mime_type, info.width, info.height
         except ValueError:
             log.warning("%s image %d is not a readable image", generation.id, index)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from server.domain import orchestrator as orchestrator_module
-from server.domain import validation
+from server.domain import imaging
 from server.domain.backends import Backends
 from server.domain.catalogue import Catalogue, RetiredPolicy
 from server.domain.deadline import Deadline
@@ -32,8 +30,6 @@ from server.domain.requests import EditRequest, GenerateRequest, Operation, Resp
 from server.domain.retry import RetryPolicy
 from tests.support.fakes import MemoryStore, ScriptedBackend
 from tests.support.images import alpha_mask, png
-
-T = TypeVar("T")
 
 # Imagen is pinned so that it still batches 4 images per call (its default
 # is routing to a Gemini successor that makes 1).
@@ -201,23 +197,18 @@ async def test_unconfigured_backend_names_the_setting() -> None:
 
 
 async def test_pillow_never_runs_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    decoded_on: list[tuple[str, int]] = []
+    # Pillow may inflate PNG text and ICC chunks while opening: every open
+    # (the caller's image, the mask) belongs in a worker thread. The produced
+    # image is measured on the loop, from its header alone, without Pillow.
+    opened_on: list[int] = []
+    real_open = imaging.Image.open
 
-    def spying(name: str, real: Callable[..., T]) -> Callable[..., T]:
-        def decode(*args: Any, **kwargs: Any) -> T:
-            decoded_on.append((name, threading.get_ident()))
-            return real(*args, **kwargs)
+    def spying_open(*args: Any, **kwargs: Any) -> Any:
+        opened_on.append(threading.get_ident())
+        return real_open(*args, **kwargs)
 
-        return decode
-
-    monkeypatch.setattr(validation, "inspect", spying("input", validation.inspect))
-    monkeypatch.setattr(
-        validation, "mask_to_grayscale", spying("mask", validation.mask_to_grayscale)
-    )
-    monkeypatch.setattr(
-        orchestrator_module, "inspect", spying("output", orchestrator_module.inspect)
-    )
-    backend = ScriptedBackend()
+    monkeypatch.setattr(imaging.Image, "open", spying_open)
+    backend = ScriptedBackend(lambda call, i: UpstreamResult((ProducedImage(png(48, 32)),)))
     edit = EditRequest(
         model="bedrock/stability-inpaint",
         prompt="a hat",
@@ -233,9 +224,8 @@ async def test_pillow_never_runs_on_the_event_loop(monkeypatch: pytest.MonkeyPat
         default_deadline_s=30,
     ).run(edit, Deadline.none())
 
-    assert len(record.images) == 1
-    assert sorted(name for name, _ in decoded_on) == ["input", "mask", "output"]
-    loop_thread = threading.get_ident()
-    assert [name for name, thread in decoded_on if thread == loop_thread] == []
+    assert [(i.width, i.height) for i in record.images] == [(48, 32)]
+    assert len(opened_on) >= 2  # the input image and the mask
+    assert threading.get_ident() not in opened_on
     # The backend received the converted mask, not the caller's bytes.
     assert backend.calls[0].mask is not None and backend.calls[0].mask != edit.mask

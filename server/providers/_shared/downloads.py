@@ -21,7 +21,7 @@ import httpx
 
 from server.domain.deadline import Deadline
 from server.domain.errors import ImageServiceError, UpstreamUnavailable
-from server.domain.imaging import inspect
+from server.domain.imaging import measure
 from server.domain.ports import ProducedImage
 from server.domain.retry import RetryPolicy
 from server.providers._shared.http import send_with_retry
@@ -139,7 +139,7 @@ class ResultDownloader:
     def _image(self, response: httpx.Response) -> ProducedImage:
         data = response.content
         try:
-            mime = inspect(data).mime_type
+            mime = measure(data).mime_type
         except ValueError:
             raise unavailable(
                 self._upstream, f"{self._storage.name} returned something not an image."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from server.domain.imaging import inspect
+from server.domain.imaging import measure
 from server.domain.ports import ProducedImage, UpstreamResult
 from server.providers._shared.azure_images import parse_images
 from server.providers._shared.base64_json import b64decode, loads_with_base64
@@ -17,7 +17,7 @@ def _decode_image(b64: object) -> ProducedImage | None:
         return None
     data = b64decode(b64)
     # Raises ValueError unless the bytes are an image.
-    return ProducedImage(data=data, mime_type=inspect(data).mime_type)
+    return ProducedImage(data=data, mime_type=measure(data).mime_type)
 
 
 def parse_response(response: httpx.Response) -> UpstreamResult:

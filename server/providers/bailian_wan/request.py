@@ -19,7 +19,7 @@ from server.domain.errors import (
     ImageServiceError,
     InvalidArgument,
 )
-from server.domain.imaging import inspect
+from server.domain.imaging import measure
 from server.domain.ports import UpstreamCall
 from server.domain.requests import Operation, Size
 from server.providers._shared.base64_json import b64encode_text
@@ -61,7 +61,7 @@ def upstream_size(size: Size | None) -> str:
 
 def _data_uri(index: int, image: bytes) -> str:
     try:
-        mime = inspect(image).mime_type
+        mime = measure(image).mime_type
     except ValueError:
         raise InvalidArgument(
             [FieldViolation(f"images[{index}]", "is not a PNG, JPEG or WebP image")]

@@ -29,7 +29,7 @@ from google.cloud.aiplatform_v1.types import content as content_types
 from google.cloud.aiplatform_v1.types import prediction_service
 
 from server.domain.errors import CapabilityNotSupported, FieldViolation
-from server.domain.imaging import inspect
+from server.domain.imaging import measure
 from server.domain.ports import ProducedImage, UpstreamCall, UpstreamResult
 from server.domain.pricing import TokenUsage
 from server.domain.requests import DEFAULT_SIZE, Operation, Size
@@ -107,7 +107,7 @@ def generate_content_request(call: UpstreamCall, model_path: str) -> Any:
     options = VertexImagenOptions.model_validate(dict(call.model.options))
     parts: list[dict[str, Any]] = [{"text": call.prompt}]
     for data in call.images:
-        parts.append({"inline_data": {"mime_type": inspect(data).mime_type, "data": data}})
+        parts.append({"inline_data": {"mime_type": measure(data).mime_type, "data": data}})
     config: dict[str, Any] = {
         "response_modalities": [content_types.GenerationConfig.Modality.IMAGE],
         "candidate_count": 1,
