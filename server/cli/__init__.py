@@ -8,15 +8,16 @@
 module's `register(subparsers)` adds its commands and sets a handler on each
 with `set_defaults(func=handler)`. A handler takes
 the parsed `argparse.Namespace` and returns the exit code, either directly
-or as a coroutine, which `main` runs with `asyncio.run`.
+or as a coroutine, which `main` runs to completion on a uvloop event loop.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeAlias
+
+import uvloop
 
 from server.cli import client, keys_command, rest_command, run
 
@@ -50,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.func
     try:
         outcome = handler(args)
-        result = asyncio.run(outcome) if isinstance(outcome, Coroutine) else outcome
+        # uvloop (libuv) rather than asyncio's own loop: the same asyncio API,
+        # with the loop, its transports and its callbacks in C; BENCHMARKS.md
+        # (fix 28) has what it saves per request.
+        result = uvloop.run(outcome) if isinstance(outcome, Coroutine) else outcome
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return 0 if result is None else int(result)

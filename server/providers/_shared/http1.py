@@ -41,7 +41,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -240,8 +240,8 @@ class _Connection(asyncio.BufferedProtocol):
     # -- asyncio protocol --------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's is not an asyncio.Transport subclass).
+        self.transport = cast(asyncio.Transport, transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._body_view is not None:
@@ -552,7 +552,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         tls = url.scheme == "https"
         try:
             async with asyncio.timeout(connect_timeout):
-                await loop.create_connection(
+                transport, _ = await loop.create_connection(
                     lambda: connection,
                     host,
                     port,
@@ -566,6 +566,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
             connection.close()
             # The error's text names the address at most, never headers.
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
+        # uvloop calls connection_made soon after create_connection returns,
+        # the default loop before: either way the connection is usable now.
+        connection.transport = transport
         self._open.add(connection)
         return connection
 
