@@ -2,6 +2,7 @@
 
     python -m benchmarks.cell grpc-url --latency 500 --noise 3mb -c 32 --seconds 15
     python -m benchmarks.cell rest-b64 --noise 4mb -c 8 --service-env MALLOC_TRIM_THRESHOLD_=0
+    python -m benchmarks.cell grpc-url --latency 500 --noise 3mb -c 32 --server floor-lean
 
 Starts the stack as `make bench` does (its `bare` configuration unless
 `--config production`, which as in `make bench` presents an API key checked
@@ -22,15 +23,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 import tempfile
 from pathlib import Path
 
 from benchmarks.clients import prompt
+from benchmarks.floor import MODES as FLOOR_MODES
 from benchmarks.load import closed_loop
 from benchmarks.processes import Stack
 from benchmarks.procstat import cpu_split, peak_rss_mib, reset_peak
 from benchmarks.profile import add_cell_arguments
 from benchmarks.run import CONFIGS, TRACED_CONFIGS, Service, keys_for
+
+# `--server`: the service, or `benchmarks.floor` doing the same work bare.
+SERVERS: dict[str, tuple[str, ...]] = {
+    "service": (),
+    **{
+        f"floor-{mode}": (sys.executable, "-m", "benchmarks.floor", "--mode", mode)
+        for mode in FLOOR_MODES
+    },
+}
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> str:
@@ -47,6 +59,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> str:
             noise_sizes=(args.noise,),
             service_env=env,
             trace_to_emulator=args.config in TRACED_CONFIGS,
+            server_command=SERVERS[args.server],
         )
         await stacks.enter_async_context(stack)
         return await _measure(args, Service(args.config, stack, api_key))
@@ -78,6 +91,7 @@ async def _measure(args: argparse.Namespace, service: Service) -> str:
     done = max(result.completed, 1)
     lines = [
         f"{args.path} {args.noise} n={args.n} c={args.c} {args.latency} ms [{args.config}"
+        f"{'' if args.server == 'service' else ', ' + args.server}"
         f"{', API key in Redis' if service.api_key else ''}]"
         f"{' ' + ' '.join(args.service_env) if args.service_env else ''}: "
         f"{result.completed} requests in {result.elapsed:.1f} s, errors {dict(result.errors)}"
@@ -112,7 +126,16 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="an environment variable for the server and sidecar (repeatable)",
     )
+    parser.add_argument(
+        "--server",
+        choices=sorted(SERVERS),
+        default="service",
+        help="what serves gRPC: the service, or benchmarks.floor doing the same work "
+        "with nothing but its parts (grpc-url, bare, n=1 only)",
+    )
     args = parser.parse_args()
+    if args.server != "service" and (args.path, args.config, args.n) != ("grpc-url", "bare", 1):
+        parser.error("a floor server answers only grpc-url, bare, n=1")
     # The stored images go to tmpfs, as in `make bench`, and are removed after.
     with tempfile.TemporaryDirectory(prefix="image-cell-", dir="/dev/shm") as tmp:
         print(asyncio.run(measure(args, Path(tmp))))

@@ -153,6 +153,9 @@ class Stack:
     name: str = ""
     # Export traces (OTLP/HTTP) to the emulator's receiver (`benchmarks.emulator`).
     trace_to_emulator: bool = False
+    # The gRPC server's command before `--host`/`--port`; empty: `image-service
+    # serve`. `benchmarks.floor` stands in for it to measure the floor.
+    server_command: tuple[str, ...] = ()
     emulator: Child | None = None
     server: Child | None = None
     sidecar: Child | None = None
@@ -221,7 +224,7 @@ class Stack:
         ready = r"serving gRPC on [^\s]+:(\d+)"
         self.server = await start_child(
             "server",
-            [image_service(), "serve", "--host", HOST, "--port", "0"],
+            [*(self.server_command or (image_service(), "serve")), "--host", HOST, "--port", "0"],
             service_env,
             self.workdir / f"{self.name}server.log",
             ready,

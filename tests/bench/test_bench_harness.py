@@ -179,3 +179,26 @@ def test_the_cell_tool_splits_each_process_cost() -> None:
     for line, name in ((server, "server"), (sidecar, "sidecar")):
         assert line.strip().startswith(f"{name}: ")
         assert "ms CPU per request (user " in line and "minor faults per request" in line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+@pytest.mark.parametrize("server", ["floor-sleep", "floor-lean"])
+def test_the_cell_tool_measures_a_floor_server(server: str, tmp_path: Path) -> None:
+    # The floor answers the load client's checks (one stored image with a
+    # URL), so a window without errors means it did the work it stands for.
+    completed = run_module(
+        "benchmarks.cell", "grpc-url", "--noise", "1mb", "-c", "2", "--seconds", "1",
+        "--server", server,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    head, server_line, _ = completed.stdout.strip().splitlines()
+    assert head.startswith(f"grpc-url 1mb n=1 c=2 0 ms [bare, {server}]: ")
+    assert "errors {}" in head and " 0 requests" not in head
+    assert server_line.strip().startswith("server: ")
+
+
+def test_a_floor_server_refuses_cells_it_does_not_stand_for() -> None:
+    completed = run_module("benchmarks.cell", "rest-b64", "--server", "floor-lean")
+    assert completed.returncode == 2
+    assert "a floor server answers only grpc-url, bare, n=1" in completed.stderr
