@@ -75,6 +75,10 @@ class DrainingHealth:
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status
+                # Read again: the status may have changed (the drain begun)
+                # while the message was being sent, and the caller must
+                # still see the last one before the stream ends.
+                continue
             if self._draining:
                 return
             await changed.wait()

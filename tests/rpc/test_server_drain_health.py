@@ -17,6 +17,7 @@ from server.app import GrpcService, create_grpc_service
 from server.domain.backends import Backends
 from server.domain.deadline import Deadline
 from server.domain.ports import ProducedImage, UpstreamCall, UpstreamResult
+from server.rpc.draining import DrainingHealth
 from server.rpc.server import SERVICE_NAME
 from server.settings import Settings
 from tests.support.fakes import MemoryStore
@@ -107,3 +108,18 @@ async def test_the_drain_ends_as_soon_as_nothing_is_in_flight(
     service, _ = gated
     # Nothing in flight: a 60 s grace must not be waited out.
     await asyncio.wait_for(service.stop(grace=60), 10)
+
+
+async def test_a_drain_begun_while_a_watch_sends_still_reaches_it() -> None:
+    # grpc.aio resumes a streaming handler only once its last message is
+    # sent, and the caller can have read that message first: a drain begun
+    # in between must still reach the stream before it ends. (Seen once in
+    # a full run: the watch ended after SERVING, without NOT_SERVING.)
+    health = DrainingHealth()
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""), context=None)
+    first = await anext(watch)
+    assert first.status == SERVING
+
+    await health.enter_graceful_shutdown()  # while the handler is suspended at its yield
+
+    assert [reply.status async for reply in watch] == [NOT_SERVING]
