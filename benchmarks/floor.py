@@ -36,12 +36,12 @@ import uvloop
 from chuizi.image.v1 import image_service_pb2 as pb
 from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 
+from benchmarks.clients import MAX_MESSAGE_BYTES
 from server.providers._shared.base64_json import b64decode, loads_with_base64
 from server.providers._shared.http import new_client
 from server.storage.local import LocalDirectoryStore
 
 MODES = ("sleep", "lean")
-MAX_MESSAGE_BYTES = 64 << 20
 # What the Azure FLUX backend sends for azure/flux-2-pro at 1024x1024.
 FLUX_BODY = {
     "model": "FLUX.2-pro",
