@@ -167,6 +167,21 @@ def test_the_transport_read_benchmark_reads_through_each_transport(transport: st
     assert " ms CPU per 300,026-byte answer, c=2, 6 answers in " in completed.stdout
 
 
+@pytest.mark.parametrize(
+    ("flags", "how"),
+    [((), "HTTPS"), (("--sign-body",), "HTTPS, body signed"), (("--http",), "HTTP")],
+)
+def test_the_store_put_benchmark_uploads_through_the_r2_store(
+    flags: tuple[str, ...], how: str
+) -> None:
+    completed = run_module(
+        "benchmarks.store_put", "--image-bytes", "300000", "-c", "2", "--requests", "3", *flags
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.startswith(f"R2Store.put over {how}: ")
+    assert " ms CPU per 300,000-byte image, c=2, 6 uploads in " in completed.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_TIMEOUT_S + 60)
 def test_the_cell_tool_splits_each_process_cost() -> None:

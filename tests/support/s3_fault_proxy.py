@@ -18,6 +18,8 @@ requests see:
 
 Every request is recorded (method, path, headers, body length, fault), so
 tests can check what actually went over the wire, such as checksum headers.
+With `tls`, clients reach the proxy over HTTPS (as R2 is reached), and
+the proxy still sees each request in the clear.
 One request per connection (`Connection: close` both ways) keeps framing
 simple; HTTP clients reconnect transparently.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import ssl
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -77,8 +80,12 @@ _REASONS = {500: "Internal Server Error", 503: "Service Unavailable", 403: "Forb
 class S3FaultProxy:
     """See the module docstring. Runs on the event loop that starts it."""
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._upstream = (upstream_host, upstream_port)
+        # Clients may speak HTTPS to the proxy; it always speaks HTTP to moto.
+        self._tls = tls
         self._faults: deque[Fault] = deque()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
@@ -94,7 +101,8 @@ class S3FaultProxy:
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def push(self, fault: Fault, times: int = 1) -> None:
         """Apply `fault` to the next `times` requests (after those queued)."""
@@ -105,7 +113,9 @@ class S3FaultProxy:
         return len(self._faults)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(
+            self._on_connection, "127.0.0.1", 0, ssl=self._tls
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def aclose(self) -> None:

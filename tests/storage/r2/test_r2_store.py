@@ -1,20 +1,26 @@
-"""`R2Store` against a real S3 server over HTTP (moto in server mode).
+"""`R2Store` against a real S3 server over HTTP and HTTPS (moto in server mode).
 
 What lands in the bucket (key, content type, cache control, bytes), what
-goes over the wire (no checksum headers R2 rejected), URLs in public and
+goes over the wire (no checksum headers R2 rejected, no body hash over
+TLS), URLs in public and
 private-bucket mode, the thread/connection bound, and the settings check.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import httpx
 import pytest
+import trustme
 from botocore.config import Config
 
 from server.app import build_store
@@ -140,10 +146,51 @@ async def test_uploads_send_no_checksum_headers(
     assert put.body == image
     assert put.headers["content-length"] == str(len(image))
     assert put.headers["cache-control"] == IMMUTABLE_CACHE_CONTROL
+    # Over plain HTTP botocore signs the body whatever the config says.
+    assert put.headers["x-amz-content-sha256"] == hashlib.sha256(image).hexdigest()
     assert get.method == "GET"
     assert _checksum_headers(get.headers) == {}
     # Validating response checksums would make boto3 ask for them.
     assert "x-amz-checksum-mode" not in get.headers
+
+
+@pytest.fixture
+async def tls_proxy(
+    moto_server: tuple[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[S3FaultProxy]:
+    """The fault proxy behind HTTPS, with boto3 told to trust its test CA."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))
+    fault_proxy = S3FaultProxy(*moto_server, tls=server_tls)
+    await fault_proxy.start()
+    try:
+        yield fault_proxy
+    finally:
+        await fault_proxy.aclose()
+
+
+async def test_uploads_over_https_sign_the_headers_but_do_not_hash_the_body(
+    make_store: StoreFactory, tls_proxy: S3FaultProxy
+) -> None:
+    """As to R2: the signature covers the headers, the body goes unhashed."""
+    assert tls_proxy.endpoint_url.startswith("https://")
+    store = make_store(tls_proxy.endpoint_url)
+    image = png(64, 64)
+
+    await store.put("images/gen-0123456789abcdef-0.png", image, "image/png")
+    assert await store.get("images/gen-0123456789abcdef-0.png") == image
+
+    put = tls_proxy.requests[0]
+    assert put.method == "PUT"
+    assert put.body == image
+    assert put.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    signed = put.headers["authorization"].split("SignedHeaders=")[1].split(",")[0]
+    assert "x-amz-content-sha256" in signed.split(";")
+    assert _checksum_headers(put.headers) == {}
 
 
 async def test_default_boto3_config_would_send_checksums(proxy: S3FaultProxy, bucket: str) -> None:
