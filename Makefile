@@ -84,7 +84,7 @@ lint: install lint-proto lint-helm ## ruff format check, ruff lint, buf lint, he
 	$(BIN)/ruff check server tests scripts benchmarks reliability
 
 .PHONY: typecheck
-typecheck: install ## mypy --strict on server/
+typecheck: install ## mypy --strict on server/ and benchmarks/
 	$(BIN)/mypy
 
 .PHONY: fmt

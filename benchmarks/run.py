@@ -513,9 +513,10 @@ class Bench:
             (GRPC_TARGET, "gRPC n=1 3 MiB URL, 500 ms, c=32"),
             (REST_TARGET, "REST b64_json 4 MiB, c=8"),
         ):
-            path, *key = spec
-            a = found.get((base, path, tuple(key)))
-            b = found.get((other, path, tuple(key)))
+            path, latency_ms, noise, n, concurrency = spec
+            key = (latency_ms, noise, n, concurrency)
+            a = found.get((base, path, key))
+            b = found.get((other, path, key))
             if a is None or b is None:
                 continue
             name = f"{other} − {base}, {label}"

@@ -10,7 +10,7 @@ zeroed by the kernel a page at a time: 300-1,200 page faults per 3 MiB
 image in the server under the benchmark's load (BENCHMARKS.md, fix 17).
 
 `keep_freed_buffers` raises the mmap threshold to glibc's 64-bit maximum
-(32 MiB) and the trim threshold to 64 MiB, so a freed image buffer stays in
+(32 MiB) and the trim threshold to 256 MiB, so a freed image buffer stays in
 the heap and the next request's reuses it. The price is resident memory:
 up to the trim threshold of free heap is kept rather than returned.
 
