@@ -6,11 +6,14 @@
 #                   library, CA certificates and a `nonroot` (65532) user, the
 #                   same contents as gcr.io/distroless/python3-debian12:nonroot.
 #                   Extracted, not installed: no shell, no apt, no dpkg.
-#   <name>:builder  Debian minbase plus python3.11-venv, where the venv is made.
+#   <name>:builder  Debian minbase plus python3.11-venv, where the venv is made,
+#                   and binutils, whose strip takes the debug information out
+#                   of the venv's extension modules.
 #
 # Both come from the same Debian suite at the same moment, so the builder's
 # /usr/bin/python3.11 is the runtime's, which is what the venv's symlink needs.
-# Idempotent: an existing tag is kept unless REBUILD=1.
+# Idempotent: an existing tag is kept unless REBUILD=1 or its package list
+# (recorded in a label) is not the one below.
 #
 # Usage: scripts/build_base_image.sh [NAME]   (default: localhost/image-service-base)
 set -euo pipefail
@@ -22,7 +25,11 @@ PODMAN="${PODMAN:-podman}"
 # libstdc++6: grpcio's extension links it (distroless python3 carries it too).
 RUNTIME_PACKAGES="python3.11-minimal,libpython3.11-stdlib,libstdc++6,ca-certificates,tzdata,netbase"
 
-have() { [[ "${REBUILD:-0}" != 1 ]] && $PODMAN image exists "$NAME:$1"; }
+PACKAGES_LABEL=org.chuizi.base.packages
+have() { # tag packages
+	[[ "${REBUILD:-0}" != 1 ]] && $PODMAN image exists "$NAME:$1" &&
+		[[ "$($PODMAN image inspect --format "{{index .Labels \"$PACKAGES_LABEL\"}}" "$NAME:$1")" == "$2" ]]
+}
 
 STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
@@ -52,7 +59,7 @@ HOOK
 chmod +x "$STAGE"/*.sh
 
 build() { # tag variant packages hook-option hook
-	if have "$1"; then
+	if have "$1" "$3"; then
 		echo "base image $NAME:$1 exists (REBUILD=1 to rebuild)"
 		return
 	fi
@@ -62,10 +69,11 @@ build() { # tag variant packages hook-option hook
 	$PODMAN import --quiet \
 		--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
 		--change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
+		--change "LABEL $PACKAGES_LABEL=$3" \
 		"$STAGE/$1.tar" "$NAME:$1" >/dev/null
 	echo "imported $NAME:$1"
 }
 
 # The extract variant runs no customize hooks: its last hook is --extract-hook.
 build runtime extract "$RUNTIME_PACKAGES" --extract-hook "$STAGE/runtime-hook.sh"
-build builder minbase "python3.11-venv,ca-certificates" --customize-hook "$STAGE/builder-hook.sh"
+build builder minbase "python3.11-venv,ca-certificates,binutils" --customize-hook "$STAGE/builder-hook.sh"
