@@ -25,7 +25,11 @@ that start, stop or break a sandbox build their own.
 
 Every async test and fixture runs on one session-wide event loop
 (pyproject's `asyncio_default_*_loop_scope`): the sandbox's server tasks live
-on it.
+on it. It is asyncio's own loop unless `--event-loop=uvloop` is given; the
+service ships on uvloop, and `make test` runs the directories of its async
+code a second time on it. On uvloop the network guard above is blind (libuv
+connects in C, not through `socket.socket.connect`), so the guard's own
+tests skip there; the asyncio pass is the one that keeps the suite offline.
 
 Workers. `make test` runs the suite in pytest-xdist worker processes; a
 "session" is one worker's, so each worker has its own sandbox, event loop and
@@ -35,10 +39,12 @@ server a test starts listens on port 0, every file goes under `tmp_path`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import pytest_asyncio
+import uvloop
 
 from server.sandbox.server import SandboxServer
 from tests.support.environment import make_hermetic
@@ -61,6 +67,31 @@ def hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     are undone after it as usual."""
     make_hermetic(monkeypatch)
     yield
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the loop async tests run on (the service ships on uvloop; pytest-socket "
+        "guards connects only on asyncio's)",
+    )
+
+
+class _OnUvloop:
+    """Registered by `--event-loop=uvloop`: every async test gets uvloop's loop."""
+
+    @staticmethod
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+        return {"uvloop": uvloop.new_event_loop}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--event-loop") == "uvloop":
+        config.pluginmanager.register(_OnUvloop(), "image-service-uvloop")
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -1,8 +1,8 @@
 """`image-service` runs its commands, and so the server and the sidecar, on
 uvloop. (The suite's own async tests run on asyncio's loop, which
-pytest-socket can guard; tests that start `image-service` get uvloop, and
-tests/providers/test_upstream_transport_uvloop.py runs the upstream
-transport's contract on it.)"""
+pytest-socket can guard, and `make test` runs the directories of the
+service's async code again with `--event-loop=uvloop`; tests that start
+`image-service` get uvloop anyway.)"""
 
 from __future__ import annotations
 

@@ -402,7 +402,7 @@ async def test_reset_forgets_tasks_and_counters(
     assert emulator.task_status(task_id) == "UNKNOWN"
 
 
-def test_settings_point_at_the_api_prefix(emulator: BailianWanEmulator) -> None:
+async def test_settings_point_at_the_api_prefix(emulator: BailianWanEmulator) -> None:
     overrides = emulator.settings_overrides("http://127.0.0.1:1234")
     assert overrides == {
         "bailian_base_url": "http://127.0.0.1:1234/dashscope/api/v1",
