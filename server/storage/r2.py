@@ -8,7 +8,7 @@ needs and with the failure semantics the orchestrator relies on:
   upload by default, which R2 rejected in January 2025; `when_required`
   sends exactly what older SDKs sent. `PutObject` does not require one.
 * No SHA-256 of the body over HTTPS. botocore would otherwise hash every
-  upload for its signature (about 1.7 ms of CPU per 3 MiB image here,
+  upload for its signature (about 2 ms of CPU per 3 MiB image here,
   BENCHMARKS.md fix 29). With payload signing off it signs the headers
   and sends `x-amz-content-sha256: UNSIGNED-PAYLOAD`, which R2 accepts
   (Cloudflare's SDK examples turn payload signing off), and TLS carries
