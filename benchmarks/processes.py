@@ -20,6 +20,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +115,31 @@ def _port(child: Child, ready: str) -> int:
     match = re.search(ready, child.output())
     assert match is not None
     return int(match.group(1))
+
+
+@contextmanager
+def forked_server(serve_forever: Callable[[int], None]) -> Iterator[int]:
+    """Run `serve_forever(port_pipe)` in a forked child and yield its port.
+
+    The child writes its listening port to the pipe it is given, then
+    serves until it is killed when the block ends. Forked, not spawned, so
+    the child's CPU stays out of this process's `getrusage(RUSAGE_SELF)`
+    without another interpreter start-up.
+    """
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            serve_forever(write_end)
+        finally:
+            os._exit(1)  # never back into the parent's code
+    try:
+        yield int(os.read(read_end, 16))
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(read_end)
+        os.close(write_end)
 
 
 def image_service() -> str:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import resource
-import signal
 import socket
 import tempfile
 import time
@@ -35,6 +35,7 @@ import uvicorn
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from uvicorn.middleware.wsgi import WSGIMiddleware  # type: ignore[attr-defined]
 
+from benchmarks.processes import forked_server
 from server.allocator import keep_freed_buffers
 from server.storage.r2 import R2Store
 
@@ -120,13 +121,7 @@ def main() -> None:
             bundle = os.path.join(tmp, "ca.pem")
             ca.cert_pem.write_to_path(bundle)
             os.environ["AWS_CA_BUNDLE"] = bundle  # read by the store's boto3 session
-        read_end, write_end = os.pipe()
-        child = os.fork()
-        if child == 0:
-            _serve_forever(cert_pem, write_end)
-            os._exit(0)
-        try:
-            port = int(os.read(read_end, 16))
+        with forked_server(functools.partial(_serve_forever, cert_pem)) as port:
             endpoint = f"{'http' if args.http else 'https'}://127.0.0.1:{port}"
             admin = boto3.session.Session().client(
                 "s3",
@@ -142,9 +137,6 @@ def main() -> None:
                 measure(endpoint, args.image_bytes, args.c, args.requests, args.sign_body)
             )
             elapsed = time.perf_counter() - started
-        finally:
-            os.kill(child, signal.SIGKILL)
-            os.waitpid(child, 0)
     total = args.c * args.requests
     how = "HTTP" if args.http else "HTTPS, body signed" if args.sign_body else "HTTPS"
     print(

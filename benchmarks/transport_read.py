@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import resource
-import signal
 import time
 
 import httpx
 
+from benchmarks.processes import forked_server
 from server.allocator import keep_freed_buffers
 from server.providers._shared.aiohttp_transport import AiohttpTransport
 from server.providers._shared.http import new_client
@@ -121,19 +122,10 @@ def main() -> None:
     if args.tuned_allocator:
         keep_freed_buffers()
     body = _answer_body(args.body_bytes)
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        _serve_forever(body, write_end)
-        os._exit(0)
-    try:
-        port = int(os.read(read_end, 16))
+    with forked_server(functools.partial(_serve_forever, body)) as port:
         started = time.perf_counter()
         ms = asyncio.run(measure(port, args.transport, args.c, args.requests))
         elapsed = time.perf_counter() - started
-    finally:
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
     total = args.c * args.requests
     print(
         f"{args.transport}{' (tuned allocator)' if args.tuned_allocator else ''}: "
