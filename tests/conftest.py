@@ -31,6 +31,18 @@ code a second time on it. On uvloop the network guard above is blind (libuv
 connects in C, not through `socket.socket.connect`), so the guard's own
 tests skip there; the asyncio pass is the one that keeps the suite offline.
 
+Processes. A test that starts a process through asyncio's subprocess API
+(`asyncio.create_subprocess_exec`: the CLI, grpcurl, the server and sidecar
+as processes) is marked `spawns_processes` and runs on asyncio's loop only.
+uvloop forks with Python's at-fork hooks (MagicStack/uvloop#749, unlike
+asyncio), and in the child of this multi-threaded process (grpc's threads)
+they can segfault before the `exec`: seen once in `make test`'s uvloop pass,
+as a grpcurl "exiting" with -11. Those tests exercise the other process,
+which runs its own loop (uvloop, as shipped); their own loop only waits.
+On uvloop an unmarked test that calls the API fails at once, so the rule
+holds by construction rather than by a rare crash. The service itself
+starts no processes.
+
 Workers. `make test` runs the suite in pytest-xdist worker processes; a
 "session" is one worker's, so each worker has its own sandbox, event loop and
 scrubbed environment, and nothing here is shared between workers (every
@@ -79,14 +91,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+SPAWNS_PROCESSES = "spawns_processes"
+
+
 class _OnUvloop:
-    """Registered by `--event-loop=uvloop`: every async test gets uvloop's loop."""
+    """Registered by `--event-loop=uvloop`: every async test gets uvloop's
+    loop, except those that spawn processes (see the module doc)."""
 
     @staticmethod
     def pytest_asyncio_loop_factories(
         config: pytest.Config, item: pytest.Item
     ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
         return {"uvloop": uvloop.new_event_loop}
+
+    @staticmethod
+    def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+        skip = pytest.mark.skip(
+            reason="spawns processes: asyncio's loop only (MagicStack/uvloop#749; "
+            "tests/conftest.py)"
+        )
+        for item in items:
+            if item.get_closest_marker(SPAWNS_PROCESSES):
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def no_unmarked_spawns_on_uvloop(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On uvloop, asyncio's subprocess API fails an unmarked test at once."""
+    if request.config.getoption("--event-loop") != "uvloop":
+        return
+
+    async def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process on uvloop: mark it "
+            f"`pytest.mark.{SPAWNS_PROCESSES}` (tests/conftest.py says why)"
+        )
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", refused)
+    monkeypatch.setattr(asyncio, "create_subprocess_shell", refused)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import pathlib
 import shutil
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -23,12 +24,16 @@ def free_port() -> int:
 @dataclass
 class RedisServer:
     url: str
-    process: asyncio.subprocess.Process
+    # Started with `subprocess`, not asyncio's subprocess API: under uvloop
+    # that can crash the child of this multi-threaded process (see
+    # `spawns_processes` in tests/conftest.py), and the auth tests that use
+    # a redis-server run on uvloop too.
+    process: subprocess.Popen[bytes]
 
     async def stop(self) -> None:
-        if self.process.returncode is None:
+        if self.process.poll() is None:
             self.process.terminate()
-            await self.process.wait()
+            await asyncio.to_thread(self.process.wait)
 
 
 @contextlib.asynccontextmanager
@@ -38,20 +43,23 @@ async def redis_server(directory: pathlib.Path) -> AsyncIterator[RedisServer]:
     assert binary, "redis-server is not installed: run `make test-deps`"
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(directory),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+    process = await asyncio.to_thread(
+        subprocess.Popen,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     server = RedisServer(f"redis://127.0.0.1:{port}/0", process)
     try:

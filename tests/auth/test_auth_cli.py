@@ -17,6 +17,8 @@ from server.auth.keys import KEY_PATTERN, key_id_of
 from tests.auth.conftest import AuthStack
 from tests.auth.status_details import bearer
 
+pytestmark = pytest.mark.spawns_processes
+
 CLI = str(pathlib.Path(sys.executable).parent / "image-service")
 
 

@@ -9,8 +9,11 @@ import pathlib
 import sys
 
 import grpc
+import pytest
 
 from tests.auth.conftest import AuthStack
+
+pytestmark = pytest.mark.spawns_processes
 
 GRPCURL = pathlib.Path(sys.executable).parent / "grpcurl"
 SERVICE = "chuizi.image.v1.ImageService"

@@ -26,6 +26,8 @@ from server.sandbox.server import SandboxServer
 from tests.auth.redis_server import RedisServer
 from tests.auth.status_details import bearer, refusal_of
 
+pytestmark = pytest.mark.spawns_processes
+
 CLI = str(pathlib.Path(sys.executable).parent / "image-service")
 FLUX = "azure/flux-kontext-pro"
 IMAGEN = "google/imagen-4.0-fast"

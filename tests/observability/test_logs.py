@@ -12,10 +12,13 @@ import pathlib
 
 import grpc
 import httpx
+import pytest
 from chuizi.image.v1 import image_service_pb2 as pb
 from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 
 from tests.observability.dev_process import dev_process
+
+pytestmark = pytest.mark.spawns_processes
 
 KONTEXT = "azure/flux-kontext-pro"
 

@@ -30,6 +30,8 @@ from tests.observability.otlp_receiver import OtlpReceiver, Span
 from tests.observability.s3 import s3_server
 from tests.rest.rest_process import rest_process
 
+pytestmark = pytest.mark.spawns_processes
+
 SERVER, CLIENT = 2, 3  # OTLP SpanKind
 CLI = str(pathlib.Path(sys.executable).parent / "image-service")
 

@@ -7,9 +7,12 @@ import asyncio
 import signal
 
 import httpx
+import pytest
 
 from server.cli import rest_command
 from tests.rest.rest_process import rest_process
+
+pytestmark = pytest.mark.spawns_processes
 
 
 def test_flags() -> None:

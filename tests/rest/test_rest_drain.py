@@ -24,6 +24,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tests.rest.conftest import Context, FakeImageService, sample_generation, sample_image
 from tests.rest.rest_process import RestProcess, rest_process
 
+pytestmark = pytest.mark.spawns_processes
+
 BODY = {"model": "azure/flux-kontext-pro", "prompt": "a fox"}
 
 

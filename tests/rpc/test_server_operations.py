@@ -12,6 +12,7 @@ import signal
 import sys
 
 import grpc
+import pytest
 from chuizi.image.v1 import image_service_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -67,6 +68,7 @@ async def _grpcurl(*args: str) -> tuple[int, str, str]:
     return process.returncode or 0, out.decode(), err.decode()
 
 
+@pytest.mark.spawns_processes
 async def test_grpcurl_lists_describes_and_invokes_without_proto_files(stack: Stack) -> None:
     code, out, err = await _grpcurl("-plaintext", stack.target, "list")
     assert code == 0, err
@@ -119,6 +121,7 @@ async def test_grpcurl_lists_describes_and_invokes_without_proto_files(stack: St
     assert json.loads(out)["operation"] == "OPERATION_PROMPT_EDIT"
 
 
+@pytest.mark.spawns_processes
 async def test_grpcurl_shows_error_details(stack: Stack) -> None:
     request = json.dumps({"model": "azure/flux-kontext-pro", "prompt": "x", "n": 9})
     code, out, err = await _grpcurl(
@@ -132,6 +135,7 @@ async def test_grpcurl_shows_error_details(stack: Stack) -> None:
     assert kinds["google.rpc.BadRequest"]["field_violations"][0]["field"] == "n"
 
 
+@pytest.mark.spawns_processes
 async def test_serve_drains_in_flight_rpcs_on_sigterm(
     sandbox: SandboxServer, tmp_path: pathlib.Path
 ) -> None:
