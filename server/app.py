@@ -19,7 +19,7 @@ from server.domain.ports import BlobStore
 from server.domain.retry import RetryPolicy
 from server.domain.telemetry import NO_TELEMETRY, ObservedBackend, ObservedStore, Telemetry
 from server.observability.metrics import ServiceMetrics, metrics_app
-from server.observability.tracing import server_tracer
+from server.observability.tracing import tracer
 from server.providers.registry import build_backends, check_catalogue
 from server.rpc.observing import ObservingInterceptor
 from server.rpc.server import GrpcServer
@@ -150,7 +150,7 @@ async def create_grpc_service(
     server = GrpcServer.build(
         settings,
         orchestrator,
-        interceptors=[ObservingInterceptor(metrics, server_tracer())],
+        interceptors=[ObservingInterceptor(metrics, tracer("server.rpc"))],
         authenticate=None if authenticator is None else authenticator.authenticate,
     )
     metrics_server = None

@@ -62,7 +62,9 @@ async def run_rest(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     keep_freed_buffers()
-    setup_tracing("image-service-rest")  # if OTEL_* asks for it; before the channel
+    # If OTEL_* asks for it; before the channel. The sidecar's own span carries
+    # the trace to the server (server/rest/observing.py): no gRPC client spans.
+    setup_tracing("image-service-rest", grpc_client_spans=False)
     channel = open_channel(settings)
     drain = Drain()
     server = AsgiServer(

@@ -43,6 +43,10 @@ class RequestContext:
     key_id: str = ""
     images: int = 0
     cost: Decimal | None = None
+    # The sidecar's: the trace context (`traceparent`, ...) of its span for
+    # this request, sent as metadata with its calls to the server; empty
+    # when the request is not traced.
+    trace_metadata: tuple[tuple[str, str], ...] = ()
 
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(

@@ -13,14 +13,20 @@ reading of the environment: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
 protobuf), `OTEL_BSP_*`.
 
 Spans and propagation (W3C `traceparent`, the SDK default), hop by hop:
-the sidecar's ASGI server span accepts a caller's `traceparent`; its gRPC
-client span injects it into the call metadata; the gRPC server span
-(`server.rpc.observing`, with `server_tracer`) extracts it; the backends'
-upstream calls are client spans that carry it on: the backends' httpx
-clients (FLUX, MAI, Wan: the service's own spans,
-`server.providers._shared.http_spans`, added by `http.new_client` once this
-module has installed a provider), the grpc.aio channel of Vertex, botocore
-for Bedrock and R2 (which sends AWS's own `X-Amzn-Trace-Id`).
+the sidecar's HTTP server span (`server.rest.observing`) accepts a caller's
+`traceparent` and sends its own in the metadata of its gRPC calls; the gRPC
+server span (`server.rpc.observing`) extracts it; the backends' upstream
+calls are client spans that carry it on: the backends' httpx clients (FLUX,
+MAI, Wan: the service's own spans, `server.providers._shared.http_spans`,
+added by `http.new_client` once this module has installed a provider), the
+grpc.aio channel of Vertex, botocore for Bedrock and R2 (which sends AWS's
+own `X-Amzn-Trace-Id`).
+
+The two servers' spans are the service's own rather than OpenTelemetry's
+ASGI middleware and grpc.aio interceptors, for their cost (BENCHMARKS.md,
+rounds 6 and 10). For the same reason the sidecar makes no gRPC client span:
+its hop to the server is loopback in the same pod, and the server's span,
+a child of the sidecar's, times it.
 """
 
 from __future__ import annotations
@@ -28,8 +34,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-
-from starlette.types import ASGIApp
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -54,13 +58,19 @@ def active() -> bool:
     return _provider is not None
 
 
-def setup_tracing(default_service_name: str, environ: Mapping[str, str] = os.environ) -> bool:
+def setup_tracing(
+    default_service_name: str,
+    environ: Mapping[str, str] = os.environ,
+    *,
+    grpc_client_spans: bool = True,
+) -> bool:
     """Install the SDK and the client instrumentations if `wanted`; True if on.
 
     Call once per process, before building channels, HTTP sessions and
-    boto3 clients (the instrumentations hook their construction). Servers
-    and the sidecar app add their own spans (`server_tracer`, `asgi_traced`) when
-    `active()`.
+    boto3 clients (the instrumentations hook their construction). The gRPC
+    server and the sidecar add their own SERVER spans with `tracer()` when it
+    gives one. `grpc_client_spans` False leaves grpc.aio channels
+    uninstrumented (the sidecar: see the module doc).
     """
     global _provider
     if _provider is not None or not wanted(environ):
@@ -90,7 +100,8 @@ def setup_tracing(default_service_name: str, environ: Mapping[str, str] = os.env
     trace.set_tracer_provider(provider)
     # Only the hops: no request/response bodies or headers are recorded.
     BotocoreInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
-    GrpcAioInstrumentorClient().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
+    if grpc_client_spans:
+        GrpcAioInstrumentorClient().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
     _provider = provider
     return True
 
@@ -101,29 +112,10 @@ def shutdown_tracing() -> None:
         _provider.shutdown()
 
 
-def server_tracer() -> Tracer | None:
-    """The tracer of the gRPC server's own spans (`rpc.observing`) when
-    tracing is on, else None."""
+def tracer(instrumentation: str) -> Tracer | None:
+    """The tracer for a server's own spans (`instrumentation` names the module
+    that makes them) when tracing is on, else None."""
     if _provider is None:
         return None
-    tracer: Tracer = _provider.get_tracer("server.rpc")
-    return tracer
-
-
-def asgi_traced(app: ASGIApp) -> ASGIApp:
-    """`app` inside OTel's ASGI middleware when tracing is on, else `app`."""
-    if not active():
-        return app
-    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-
-    # Probes and scrapes would be most of the spans and say nothing. So do
-    # the INTERNAL `http send` / `http receive` spans the middleware makes
-    # per ASGI message (three or more a request), and they were half its
-    # CPU: ~200 -> ~100 µs a request without them (BENCHMARKS.md, round 6).
-    traced: ASGIApp = OpenTelemetryMiddleware(
-        app,
-        excluded_urls="/healthz,/readyz,/metrics",
-        tracer_provider=_provider,
-        exclude_spans=["receive", "send"],
-    )
-    return traced
+    found: Tracer = _provider.get_tracer(instrumentation)
+    return found

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from chuizi.image.v1 import image_service_pb2 as pb
@@ -33,7 +33,7 @@ from starlette.types import ASGIApp
 
 from server.observability.metrics import RestMetrics
 from server.observability.request_context import REQUEST_ID_HEADER
-from server.observability.tracing import asgi_traced
+from server.observability.tracing import tracer as active_tracer
 from server.rest import forms
 from server.rest.drain import Drain, DrainMiddleware
 from server.rest.errors import (
@@ -45,7 +45,7 @@ from server.rest.errors import (
     RestError,
     from_rpc_error,
 )
-from server.rest.observing import ObservingMiddleware, metrics_route
+from server.rest.observing import TRACER_NAME, ObservingMiddleware, metrics_route
 from server.rest.openapi import openapi_document
 from server.rest.responses import ChunkedJSONResponse, generation_chunks, model_list, model_object
 from server.rest.streaming import EDIT_IMAGE_EVENT, GENERATION_IMAGE_EVENT, start_stream
@@ -58,6 +58,9 @@ from server.rest.upstream import (
 )
 from server.rest.wire import Received
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +301,7 @@ def create_app(
     *,
     extra_routes: Sequence[BaseRoute] = (),
     drain: Drain | None = None,
+    tracer: Tracer | None = None,
 ) -> ASGIApp:
     """The sidecar app: the `/v1` routes, health probes and `extra_routes`.
 
@@ -305,7 +309,9 @@ def create_app(
     the one long-lived channel to the service (see `upstream.open_channel`);
     the caller owns it and closes it after the server stops. `drain` (the
     process's shutdown state, `server.rest.drain`) counts requests in flight
-    and turns `/readyz` to 503 once shutdown begins.
+    and turns `/readyz` to 503 once shutdown begins. `tracer` makes the
+    requests' spans (server/rest/observing.py); by default the process's
+    when tracing is on (`server.observability.tracing`), else none.
     """
     metrics = RestMetrics() if settings.metrics else None
     observability = [metrics_route(metrics)] if metrics is not None else []
@@ -318,6 +324,12 @@ def create_app(
             *extra_routes,
         ],
         exception_handlers={404: _http_error, 405: _http_error},
-        middleware=[Middleware(ObservingMiddleware, metrics=metrics)],
+        middleware=[
+            Middleware(
+                ObservingMiddleware,
+                metrics=metrics,
+                tracer=active_tracer(TRACER_NAME) if tracer is None else tracer,
+            )
+        ],
     )
-    return asgi_traced(app if drain is None else DrainMiddleware(app, drain))
+    return app if drain is None else DrainMiddleware(app, drain)

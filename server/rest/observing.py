@@ -4,7 +4,15 @@
 untouched) chooses each request's id (the caller's `X-Request-Id` if usable,
 else a new one), makes it current, records `http_server_request_duration_seconds`
 and the active-requests gauge by route template, and writes one access line
-per request (not for probes and scrapes). `AccessFieldsInterceptor`s on the
+per request (not for probes and scrapes). With a tracer (tracing on) it
+also makes each request's SERVER span, current while the app runs,
+continuing the caller's `traceparent`: named `<METHOD> <route template>`,
+with `http.request.method`, `url.scheme`, `url.path`, `http.route` and
+`http.response.status_code`, ERROR for a 5xx answer (semantic conventions
+for HTTP servers: a 4xx is the caller's, not the span's, error). The span's
+own `traceparent` goes into the request's context for the gRPC calls it
+makes (`upstream.CallContext`). Probes and scrapes get no span either.
+`AccessFieldsInterceptor`s on the
 channel to the service copy the generation id, model, image count and cost
 of the responses into that access line, so the handlers need not.
 `metrics_route` serves the sidecar's `/metrics`.
@@ -20,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from chuizi.image.v1 import image_service_pb2 as pb
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,7 +40,7 @@ from server.observability import request_context
 from server.observability.access import log_access
 from server.observability.metrics import CONTENT_TYPE_LATEST, RestMetrics, exposition
 from server.observability.request_context import RequestContext, request_id_or_new
-from server.observability.tracing import asgi_traced
+from server.observability.tracing import tracer as active_tracer
 from server.rest.wire import Received
 
 METRICS_PATH = "/metrics"
@@ -47,12 +57,16 @@ def metrics_route(metrics: RestMetrics) -> BaseRoute:
     return Route(METRICS_PATH, scrape, methods=["GET"])
 
 
+TRACER_NAME = "server.rest"
+
+
 def observe(app: Starlette, *, metrics: bool) -> ASGIApp:
-    """`app` behind `ObservingMiddleware`, with `/metrics` added when `metrics`."""
+    """`app` behind `ObservingMiddleware`, with `/metrics` added when `metrics`,
+    traced when tracing is on."""
     rest_metrics = RestMetrics() if metrics else None
     if rest_metrics is not None:
         app.router.routes.append(metrics_route(rest_metrics))
-    return asgi_traced(ObservingMiddleware(app, rest_metrics))
+    return ObservingMiddleware(app, rest_metrics, active_tracer(TRACER_NAME))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -62,12 +76,61 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-class ObservingMiddleware:
-    """See the module doc. `metrics` None: ids and access lines only."""
+def _start_span(
+    tracer: trace.Tracer, scope: Scope, method: str, context: RequestContext
+) -> tuple[trace.Span, object]:
+    """The request's SERVER span, made current, its `traceparent` noted in
+    `context` for the calls upstream; returns it and the token to detach."""
+    carrier = {
+        key.decode("latin-1"): value.decode("latin-1")
+        for key, value in scope.get("headers", ())
+        if key in _TRACE_HEADERS
+    }
+    span = tracer.start_span(
+        method,
+        context=propagate.extract(carrier),
+        kind=trace.SpanKind.SERVER,
+        attributes={
+            "http.request.method": method,
+            "url.scheme": str(scope.get("scheme", "http")),
+            "url.path": str(scope.get("path", "")),
+        },
+    )
+    current = trace.set_span_in_context(span)
+    sent: dict[str, str] = {}
+    propagate.inject(sent, context=current)
+    context.trace_metadata = tuple(sent.items())
+    return span, otel_context.attach(current)
 
-    def __init__(self, app: ASGIApp, metrics: RestMetrics | None = None) -> None:
+
+def _end_span(span: trace.Span, token: object, method: str, route: str, status: int) -> None:
+    if route != _UNMATCHED:
+        span.update_name(f"{method} {route}")
+        span.set_attribute("http.route", route)
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(trace.Status(trace.StatusCode.ERROR))
+    otel_context.detach(token)  # type: ignore[arg-type]
+    span.end()
+
+
+# What the propagators read (W3C trace context and baggage, the SDK default).
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
+
+
+class ObservingMiddleware:
+    """See the module doc. `metrics` None: ids and access lines only;
+    `tracer` None: no spans."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: RestMetrics | None = None,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracer = tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,6 +152,10 @@ class ObservingMiddleware:
                 status = int(message["status"])
             await send(message)
 
+        logged = scope.get("path") not in _UNLOGGED_PATHS
+        span, token = None, None
+        if self.tracer is not None and logged:
+            span, token = _start_span(self.tracer, scope, method, context)
         with request_context.serving(context):
             try:
                 await self.app(scope, receive, send_observed)
@@ -98,7 +165,9 @@ class ObservingMiddleware:
                 if self.metrics is not None and active is not None:
                     active.dec()
                     self.metrics.duration.labels(method, route, str(status)).observe(seconds)
-                if scope.get("path") not in _UNLOGGED_PATHS:
+                if span is not None:
+                    _end_span(span, token, method, route, status)
+                if logged:
                     log_access(
                         context,
                         kind="http",

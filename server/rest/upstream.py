@@ -107,15 +107,16 @@ class CallContext:
 
     request_id: str
     authorization: str | None
+    trace: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> CallContext:
-        """The request id the middleware chose, else `X-Request-Id` if usable, else a new one."""
+        """The request id the middleware chose, else `X-Request-Id` if usable,
+        else a new one; and the middleware's trace context, if it traces."""
         serving = request_context.current()
         if serving is not None:
-            request_id = serving.request_id
-        else:
-            request_id = request_context.request_id_or_new(headers.get("x-request-id"))
+            return cls(serving.request_id, headers.get("authorization"), serving.trace_metadata)
+        request_id = request_context.request_id_or_new(headers.get("x-request-id"))
         return cls(request_id, headers.get("authorization"))
 
     def check_authorization(self) -> None:
@@ -141,10 +142,12 @@ class CallContext:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        """`x-request-id` and, when the caller sent one, `authorization`."""
+        """`x-request-id`, `authorization` when the caller sent one, and the
+        trace context when the request is traced."""
+        sent = (("x-request-id", self.request_id), *self.trace)
         if self.authorization is None:
-            return (("x-request-id", self.request_id),)
-        return (("x-request-id", self.request_id), ("authorization", self.authorization))
+            return sent
+        return (*sent, ("authorization", self.authorization))
 
 
 class ClientDisconnected(Exception):

@@ -27,9 +27,5 @@ def test_tracing_is_wanted_only_when_asked_for(environ: dict[str, str], on: bool
 def test_off_adds_nothing_to_either_server() -> None:
     assert tracing.setup_tracing("image-service", {}) is False
     assert not tracing.active()
-    assert tracing.server_tracer() is None
-
-    async def app(scope: object, receive: object, send: object) -> None:
-        pass
-
-    assert tracing.asgi_traced(app) is app
+    assert tracing.tracer("server.rpc") is None
+    assert tracing.tracer("server.rest") is None

@@ -19,6 +19,7 @@ import pytest
 from chuizi.image.v1 import image_service_pb2 as pb
 from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
 from google.protobuf import message as protobuf_message
+from opentelemetry.trace import Tracer
 
 from server.asgi import AsgiServer
 from server.rest import create_app, open_channel
@@ -201,10 +202,13 @@ async def fake(rest_settings: Settings) -> AsyncIterator[FakeStack]:
 
 
 @contextlib.asynccontextmanager
-async def sidecar_for(target: str, settings: Settings) -> AsyncIterator[AsgiServer]:
-    """A running sidecar (its own channel) in front of the gRPC service at `target`."""
+async def sidecar_for(
+    target: str, settings: Settings, *, tracer: Tracer | None = None
+) -> AsyncIterator[AsgiServer]:
+    """A running sidecar (its own channel) in front of the gRPC service at
+    `target`, tracing its requests with `tracer` if given."""
     channel = open_channel(settings, target)
-    sidecar = AsgiServer(create_app(channel, settings))
+    sidecar = AsgiServer(create_app(channel, settings, tracer=tracer))
     await sidecar.start()
     try:
         yield sidecar
