@@ -165,8 +165,6 @@ class ObservingMiddleware:
                 if self.metrics is not None and active is not None:
                     active.dec()
                     self.metrics.duration.labels(method, route, str(status)).observe(seconds)
-                if span is not None:
-                    _end_span(span, token, method, route, status)
                 if logged:
                     log_access(
                         context,
@@ -176,6 +174,10 @@ class ObservingMiddleware:
                         status=str(status),
                         seconds=seconds,
                     )
+                # Last: the access line is written inside the span, so it
+                # carries the trace and span ids (observability/logs.py).
+                if span is not None:
+                    _end_span(span, token, method, route, status)
 
 
 def _cost(text: str) -> Decimal | None:

@@ -187,8 +187,6 @@ class _Call:
     def end(self, error: BaseException | None) -> None:
         seconds = time.monotonic() - self.started
         code = _code_name(self.context, error)
-        if self.span is not None:
-            _end_span(*self.span, code)
         if self.metrics is not None:
             self.metrics.rpc_active.labels("grpc", self.service, self.method).dec()
             self.metrics.rpc_duration.labels("grpc", self.service, self.method, code).observe(
@@ -204,6 +202,10 @@ class _Call:
             log_access(
                 self.request, kind="rpc", method=self.full_method, status=code, seconds=seconds
             )
+        # Last: the access line is written inside the span, so it carries the
+        # trace and span ids (server/observability/logs.py reads the current span).
+        if self.span is not None:
+            _end_span(*self.span, code)
 
 
 class ObservingInterceptor(WrappingInterceptor):

@@ -9,6 +9,8 @@ hop is tests/observability/test_traces.py."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -20,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from server.observability.logs import JsonFormatter
 from server.settings import Settings
 from tests.rest.conftest import Context, FakeImageService, sidecar_for
 
@@ -124,6 +127,25 @@ async def test_a_request_is_one_server_span_whose_context_goes_to_the_service(
     assert span.status.status_code is trace.StatusCode.UNSET
     # The service continues the sidecar's span, not the caller's.
     assert _sent_traceparent(fake) == (TRACE_ID, f"{span.context.span_id:016x}")
+
+
+async def test_the_access_line_carries_the_requests_trace(
+    traced: tuple[FakeImageService, httpx.AsyncClient],
+    exported: Exported,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, client = traced
+    caplog.set_level(logging.INFO, logger="server.access")
+    caplog.handler.setFormatter(JsonFormatter())
+    response = await client.post(
+        "/v1/images/generations", json=GENERATE, headers={"traceparent": TRACEPARENT}
+    )
+    assert response.status_code == 200, response.text
+
+    [span] = await exported.spans(1)
+    [line] = [json.loads(text) for text in caplog.text.splitlines()]
+    assert line["route"] == "/v1/images/generations"
+    assert (line["trace_id"], line["span_id"]) == (TRACE_ID, f"{span.context.span_id:016x}")
 
 
 async def test_a_request_without_a_traceparent_starts_a_trace_the_service_continues(

@@ -7,6 +7,8 @@ through every hop is tests/observability/test_traces.py."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -20,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from server.observability.logs import JsonFormatter
 from server.rpc.observing import ObservingInterceptor
 
 SERVICE = "chuizi.image.v1.ImageService"
@@ -115,6 +118,21 @@ async def test_a_call_is_a_server_span_in_the_callers_trace(
     assert f"{server.parent.span_id:016x}" == PARENT_ID
     (inside,) = spans(exported, trace.SpanKind.INTERNAL)
     assert inside.parent is not None and inside.parent.span_id == server.context.span_id
+
+
+async def test_the_access_line_carries_the_calls_trace(
+    stub: pb_grpc.ImageServiceStub,
+    exported: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="server.access")
+    caplog.handler.setFormatter(JsonFormatter())
+    traceparent = ("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")
+    await stub.ListModels(pb.ListModelsRequest(), metadata=(traceparent,))
+    (server,) = spans(exported, trace.SpanKind.SERVER)
+    [line] = [json.loads(text) for text in caplog.text.splitlines()]
+    assert line["method"] == f"/{SERVICE}/ListModels"
+    assert (line["trace_id"], line["span_id"]) == (TRACE_ID, f"{server.context.span_id:016x}")
 
 
 async def test_a_failed_call_marks_its_span(
