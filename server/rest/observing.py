@@ -7,9 +7,11 @@ and the active-requests gauge by route template, and writes one access line
 per request (not for probes and scrapes). With a tracer (tracing on) it
 also makes each request's SERVER span, current while the app runs,
 continuing the caller's `traceparent`: named `<METHOD> <route template>`,
-with `http.request.method`, `url.scheme`, `url.path`, `http.route` and
-`http.response.status_code`, ERROR for a 5xx answer (semantic conventions
-for HTTP servers: a 4xx is the caller's, not the span's, error). The span's
+with `http.request.method`, `url.scheme`, `http.response.status_code` and,
+when a route matched, `http.route` and `url.path` (an unrouted path is the
+caller's free text, left out as from the access line), ERROR for a 5xx
+answer (semantic conventions for HTTP servers: a 4xx is the caller's, not
+the span's, error). The span's
 own `traceparent` goes into the request's context for the gRPC calls it
 makes (`upstream.CallContext`). Probes and scrapes get no span either.
 `AccessFieldsInterceptor`s on the
@@ -93,7 +95,6 @@ def _start_span(
         attributes={
             "http.request.method": method,
             "url.scheme": str(scope.get("scheme", "http")),
-            "url.path": str(scope.get("path", "")),
         },
     )
     current = trace.set_span_in_context(span)
@@ -103,10 +104,15 @@ def _start_span(
     return span, otel_context.attach(current)
 
 
-def _end_span(span: trace.Span, token: object, method: str, route: str, status: int) -> None:
+def _end_span(
+    span: trace.Span, token: object, scope: Scope, method: str, route: str, status: int
+) -> None:
+    # An unrouted path is the caller's free text (a key pasted into a URL, say):
+    # like the access line, the span then says only the method.
     if route != _UNMATCHED:
         span.update_name(f"{method} {route}")
         span.set_attribute("http.route", route)
+        span.set_attribute("url.path", str(scope.get("path", "")))
     span.set_attribute("http.response.status_code", status)
     if status >= 500:
         span.set_status(trace.Status(trace.StatusCode.ERROR))
@@ -177,7 +183,7 @@ class ObservingMiddleware:
                 # Last: the access line is written inside the span, so it
                 # carries the trace and span ids (observability/logs.py).
                 if span is not None:
-                    _end_span(span, token, method, route, status)
+                    _end_span(span, token, scope, method, route, status)
 
 
 def _cost(text: str) -> Decimal | None:
