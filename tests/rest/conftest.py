@@ -186,19 +186,25 @@ def rest_settings() -> Settings:
     return Settings(rest_upstream_timeout_s=120.0, rest_max_upload_bytes=2 * 1024 * 1024)
 
 
-@pytest.fixture
-async def fake(rest_settings: Settings) -> AsyncIterator[FakeStack]:
-    """A sidecar in front of `FakeImageService`."""
+@contextlib.asynccontextmanager
+async def fake_service() -> AsyncIterator[tuple[FakeImageService, str]]:
+    """A running `FakeImageService` on 127.0.0.1 port 0, and its host:port."""
     service = FakeImageService()
     server = grpc.aio.server()
     pb_grpc.add_ImageServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        async with sidecar_for(f"127.0.0.1:{port}", rest_settings) as sidecar:
-            yield FakeStack(service, sidecar, rest_settings, f"127.0.0.1:{port}")
+        yield service, f"127.0.0.1:{port}"
     finally:
         await server.stop(0)
+
+
+@pytest.fixture
+async def fake(rest_settings: Settings) -> AsyncIterator[FakeStack]:
+    """A sidecar in front of `FakeImageService`."""
+    async with fake_service() as (service, target), sidecar_for(target, rest_settings) as sidecar:
+        yield FakeStack(service, sidecar, rest_settings, target)
 
 
 @contextlib.asynccontextmanager

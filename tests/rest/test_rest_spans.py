@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from server.observability.logs import JsonFormatter
 from server.settings import Settings
-from tests.rest.conftest import Context, FakeImageService, sidecar_for
+from tests.rest.conftest import Context, FakeImageService, fake_service, sidecar_for
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
@@ -66,17 +66,8 @@ def exported() -> Iterator[Exported]:
 
 @pytest.fixture
 async def service() -> AsyncIterator[tuple[FakeImageService, str]]:
-    from chuizi.image.v1 import image_service_pb2_grpc as pb_grpc
-
-    fake = FakeImageService()
-    server = grpc.aio.server()
-    pb_grpc.add_ImageServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield fake, f"127.0.0.1:{port}"
-    finally:
-        await server.stop(0)
+    async with fake_service() as running:
+        yield running
 
 
 @pytest.fixture
